@@ -1,0 +1,1 @@
+"""Freeze-Omni on ESPnet: streaming speech encoder -> frozen LLM -> speech decoder."""
