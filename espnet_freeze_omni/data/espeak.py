@@ -1,0 +1,127 @@
+"""Speech synthesis with Debian's espeak-ng, resampled by sox: the project's only TTS.
+
+The embedded corpus, the tests and question synthesis in recipes all speak through here, so
+voice/speed/pitch handling and the 16 kHz (or 24 kHz) conversion live in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-us+f3", "en+m3", "en-us+klatt")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpokenUtterance:
+    """One utterance to synthesize and list in a Kaldi-style data dir."""
+
+    utt_id: str
+    text: str
+    speaker: str
+    voice: str = "en-us"
+    speed: int = 160  # words per minute (espeak-ng -s)
+    pitch: int = 50  # 0-99 (espeak-ng -p)
+    trailing_silence: float = 0.0  # seconds of silence appended (turn-end training)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"'{name}' is not installed: install the Debian packages espeak-ng, sox and "
+            "libsox-fmt-all (tools/setup_env.sh does it when run as root)"
+        )
+    return path
+
+
+def synthesize(
+    text: str,
+    wav_path: str | os.PathLike,
+    voice: str = "en-us",
+    speed: int = 160,
+    pitch: int = 50,
+    sample_rate: int = 16000,
+    trailing_silence: float = 0.0,
+) -> Path:
+    """Speak `text` into a mono 16-bit wav at `sample_rate` (espeak-ng writes 22050 Hz)."""
+    espeak, sox = require_tool("espeak-ng"), require_tool("sox")
+    wav_path = Path(wav_path)
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".wav", delete=False) as tmp:
+        raw = tmp.name
+    try:
+        subprocess.run(
+            [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw, text],
+            check=True, capture_output=True,
+        )
+        effects = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
+        subprocess.run(
+            [sox, raw, "-r", str(sample_rate), "-c", "1", "-b", "16", str(wav_path), *effects],
+            check=True, capture_output=True,
+        )
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(
+            f"synthesizing {wav_path} failed ({e.cmd[0]}): {e.stderr.decode(errors='replace')}"
+        ) from e
+    finally:
+        os.unlink(raw)
+    return wav_path
+
+
+def synthesize_datadir(
+    utterances: Iterable[SpokenUtterance],
+    data_dir: str | os.PathLike,
+    wav_dir: str | os.PathLike,
+    sample_rate: int = 16000,
+    num_workers: int = 2,
+    progress: bool = False,
+) -> Path:
+    """Synthesize every utterance and write wav.scp, text, utt2spk and spk2utt (sorted)."""
+    utts: List[SpokenUtterance] = sorted(utterances, key=lambda u: u.utt_id)
+    ids = [u.utt_id for u in utts]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"duplicate utterance ids: {dup[:5]}")
+    data_dir, wav_dir = Path(data_dir), Path(wav_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def job(u: SpokenUtterance) -> Path:
+        return synthesize(u.text, wav_dir / f"{u.utt_id}.wav", u.voice, u.speed, u.pitch,
+                          sample_rate, u.trailing_silence)
+
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        results = pool.map(job, utts)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(utts), desc=f"espeak-ng -> {data_dir}")
+        paths = list(results)
+
+    spk2utt: dict = {}
+    with open(data_dir / "wav.scp", "w") as wav_scp, open(data_dir / "text", "w") as text, \
+            open(data_dir / "utt2spk", "w") as utt2spk:
+        for u, p in zip(utts, paths):
+            wav_scp.write(f"{u.utt_id} {p}\n")
+            text.write(f"{u.utt_id} {u.text}\n")
+            utt2spk.write(f"{u.utt_id} {u.speaker}\n")
+            spk2utt.setdefault(u.speaker, []).append(u.utt_id)
+    with open(data_dir / "spk2utt", "w") as f:
+        for spk in sorted(spk2utt):
+            f.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    return data_dir
+
+
+def pick_voice(index: int, voices: Optional[Iterable[str]] = None) -> dict:
+    """Deterministic variety of voice, speed and pitch for the index-th utterance."""
+    voices = tuple(voices or VOICES)
+    return dict(
+        voice=voices[index % len(voices)],
+        speed=(140, 160, 180, 200)[(index // len(voices)) % 4],
+        pitch=(35, 50, 65)[(index // 7) % 3],
+    )
