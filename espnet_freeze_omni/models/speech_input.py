@@ -1,0 +1,389 @@
+"""Speech-input models for the three Freeze-Omni training stages.
+
+    stage 1  EncoderCTCModel       fbank -> StreamingChunkEncoder -> CTC
+    stage 2  LLMASRModel           ... -> ConvAdapter -> frozen LLM, target = the transcript
+    stage 3  SpokenDialogModel     ... -> frozen LLM, target = the LLM's own answer,
+                                   plus the state head (listen / respond / ignore) per chunk
+
+Each stage's model extends the previous one, so parameter names line up and `--init_param`
+carries stage N into stage N+1 unchanged. The frozen LLM is held outside the module tree
+(`hold_frozen_llm`): it never enters a state_dict, the optimizer or espnet's initializer.
+Parameter names follow the authors' release where a module has a counterpart there
+(`encoder`, `task_embeddings`, `prompt_embeddings`, `predictor_head`; their `adpter` is our
+`adapter`).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from espnet2.asr.ctc import CTC
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.legacy.nets.e2e_asr_common import ErrorCalculator
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet_freeze_omni.llm.frozen_llm import FrozenLLM, hold_frozen_llm
+
+# Duplex states predicted by the state head after every audio chunk (SPEC §1).
+STATE_LISTEN, STATE_RESPOND, STATE_IGNORE = 0, 1, 2
+NUM_STATE_LOGITS = 4  # the release's head has 4 outputs; only the first 3 are used
+
+
+def _lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class EncoderCTCModel(AbsESPnetModel):
+    """Stage 1: the streaming chunk encoder trained with CTC on ASR data."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        token_list: Sequence[str],
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        ctc: CTC,
+        report_cer: bool = True,
+        sym_space: str = "<space>",
+        sym_blank: str = "<blank>",
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.token_list = list(token_list)
+        self.frontend = frontend
+        self.specaug = specaug
+        self.normalize = normalize
+        self.encoder = encoder
+        self.ctc = ctc
+        self.error_calculator = (
+            ErrorCalculator(self.token_list, sym_space, sym_blank, report_cer, False)
+            if report_cer else None
+        )
+
+    # ------------------------------------------------------------------ features / encoder
+    def _extract_feats(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        speech = speech[:, : speech_lengths.max()]
+        if self.frontend is None:  # features were dumped: speech already is (B, T, D)
+            return speech, speech_lengths
+        return self.frontend(speech, speech_lengths)
+
+    def encode(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Waveform -> encoder frames (B, T/4, D) with lengths."""
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        if self.specaug is not None and self.training:
+            feats, feats_lengths = self.specaug(feats, feats_lengths)
+        if self.normalize is not None:
+            feats, feats_lengths = self.normalize(feats, feats_lengths)
+        enc, enc_lengths, _ = self.encoder(feats, feats_lengths)
+        return enc, enc_lengths
+
+    def collect_feats(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
+    ) -> Dict[str, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        return {"feats": feats, "feats_lengths": feats_lengths}
+
+    def _ctc_loss(
+        self, enc: torch.Tensor, enc_lengths: torch.Tensor,
+        text: torch.Tensor, text_lengths: torch.Tensor,
+    ) -> Tuple[torch.Tensor, Optional[float]]:
+        text = text[:, : text_lengths.max()]
+        loss = self.ctc(enc, enc_lengths, text, text_lengths)
+        cer = None
+        if not self.training and self.error_calculator is not None:
+            hyp = self.ctc.argmax(enc).detach()
+            cer = self.error_calculator(hyp.cpu(), text.cpu(), is_ctc=True)
+        return loss, cer
+
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        if text is None:
+            raise ValueError("stage 1 (CTC) needs a 'text' data entry with the transcripts")
+        enc, enc_lengths = self.encode(speech, speech_lengths)
+        loss, cer = self._ctc_loss(enc, enc_lengths, text, text_lengths)
+        stats = dict(loss=loss.detach(), loss_ctc=loss.detach(), cer_ctc=cer)
+        loss, stats, weight = force_gatherable((loss, stats, speech.shape[0]), loss.device)
+        return loss, stats, weight
+
+    @torch.no_grad()
+    def ctc_greedy_decode(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> List[List[int]]:
+        """Best-path CTC decoding (blank = 0, repeats merged) of a batch."""
+        enc, enc_lengths = self.encode(speech, speech_lengths)
+        best = self.ctc.argmax(enc)
+        out = []
+        for seq, n in zip(best.tolist(), enc_lengths.tolist()):
+            ids, prev = [], -1
+            for t in seq[:n]:
+                if t != prev and t != 0:
+                    ids.append(t)
+                prev = t
+            out.append(ids)
+        return out
+
+
+class LLMASRModel(EncoderCTCModel):
+    """Stage 2: encoder + adapter feed the frozen LLM, which must reproduce the transcript.
+
+    The LLM sees  [chat prefix] [task embeddings] [audio embeddings] [chat suffix] [target]
+    and only the target tokens are scored. `ctc_weight` > 0 keeps the CTC loss as an
+    auxiliary task (it also keeps `ctc.*` trained for streaming ASR decoding).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        token_list: Sequence[str],
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        ctc: CTC,
+        adapter: torch.nn.Module,
+        llm: FrozenLLM,
+        ctc_weight: float = 0.0,
+        task_num: int = 4,
+        report_cer: bool = True,
+        sym_space: str = "<space>",
+        sym_blank: str = "<blank>",
+    ):
+        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
+                         report_cer, sym_space, sym_blank)
+        if adapter.output_size() != llm.hidden_size:
+            raise ValueError(
+                f"adapter output size {adapter.output_size()} != hidden size "
+                f"{llm.hidden_size} of the LLM at {llm.path}"
+            )
+        self.adapter = adapter
+        hold_frozen_llm(self, llm)
+        self.ctc_weight = ctc_weight
+        # A few trainable special embeddings that tell the frozen LLM "this is audio to
+        # transcribe"; the release calls them task embeddings.
+        self.task_embeddings = torch.nn.Embedding(task_num, llm.hidden_size)
+
+    # ------------------------------------------------------------------ LLM input assembly
+    def audio_embeddings(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Waveform -> (LLM-space audio embeddings, their lengths, encoder out, lengths)."""
+        enc, enc_lengths = self.encode(speech, speech_lengths)
+        emb, emb_lengths = self.adapter(enc, enc_lengths)
+        return emb, emb_lengths, enc, enc_lengths
+
+    def _before_audio(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Trainable vectors placed between the chat prefix and the audio."""
+        ids = torch.arange(self.task_embeddings.num_embeddings, device=device)
+        return self.task_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def assemble(
+        self,
+        prefix: torch.Tensor, prefix_lengths: torch.Tensor,
+        audio: torch.Tensor, audio_lengths: torch.Tensor,
+        suffix: torch.Tensor, suffix_lengths: torch.Tensor,
+        target: torch.Tensor, target_lengths: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concatenate each item's pieces without inner padding, then right-pad the batch.
+
+        Returns inputs_embeds (B, L, H), attention_mask (B, L), labels (B, L) where labels
+        hold the token each position must predict (-100 elsewhere), and audio_start (B,)
+        the position of each item's first audio embedding.
+        """
+        llm = self.llm
+        device = audio.device
+        batch = audio.size(0)
+        learned = self._before_audio(batch, device).to(audio.dtype)
+        pieces, label_rows, audio_start = [], [], []
+        for b in range(batch):
+            p_ids = prefix[b, : prefix_lengths[b]]
+            s_ids = suffix[b, : suffix_lengths[b]]
+            t_ids = target[b, : target_lengths[b]]
+            text_emb = llm.embed_tokens(torch.cat([p_ids, s_ids, t_ids]).to(device)).to(audio.dtype)
+            np_, ns = p_ids.numel(), s_ids.numel()
+            parts = [
+                text_emb[:np_], learned[b], audio[b, : audio_lengths[b]],
+                text_emb[np_: np_ + ns], text_emb[np_ + ns:],
+            ]
+            seq = torch.cat(parts, dim=0)
+            labels = torch.full((seq.size(0),), -100, dtype=torch.long, device=device)
+            n_target = t_ids.numel()
+            if n_target > 0:
+                # position i predicts token i+1: the last suffix token predicts target[0]
+                first = seq.size(0) - n_target
+                labels[first - 1: seq.size(0) - 1] = t_ids.to(device)
+            pieces.append(seq)
+            label_rows.append(labels)
+            audio_start.append(np_ + learned.size(1))
+        max_len = max(p.size(0) for p in pieces)
+        hidden = pieces[0].size(1)
+        inputs = audio.new_zeros(batch, max_len, hidden)
+        labels = torch.full((batch, max_len), -100, dtype=torch.long, device=device)
+        mask = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        for b, (seq, lab) in enumerate(zip(pieces, label_rows)):
+            inputs[b, : seq.size(0)] = seq
+            labels[b, : lab.size(0)] = lab
+            mask[b, : seq.size(0)] = 1
+        return inputs, mask, labels, torch.tensor(audio_start, device=device)
+
+    @staticmethod
+    def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over labelled positions and token accuracy."""
+        valid = labels != -100
+        if not valid.any():
+            zero = logits.sum() * 0.0
+            return zero, torch.tensor(float("nan"), device=logits.device)
+        sel_logits, sel_labels = logits[valid].float(), labels[valid]
+        loss = F.cross_entropy(sel_logits, sel_labels)
+        acc = (sel_logits.argmax(-1) == sel_labels).float().mean()
+        return loss, acc
+
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        llm_prefix: Optional[torch.Tensor] = None,
+        llm_prefix_lengths: Optional[torch.Tensor] = None,
+        llm_suffix: Optional[torch.Tensor] = None,
+        llm_suffix_lengths: Optional[torch.Tensor] = None,
+        llm_target: Optional[torch.Tensor] = None,
+        llm_target_lengths: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        if llm_target is None or llm_prefix is None or llm_suffix is None:
+            raise ValueError(
+                "the LLM stages need the preprocessor's llm_prefix/llm_suffix/llm_target: "
+                "keep --use_preprocessor true and give --llm_conf path=<LLM dir>"
+            )
+        audio, audio_lengths, enc, enc_lengths = self.audio_embeddings(speech, speech_lengths)
+        inputs, mask, labels, audio_start = self.assemble(
+            llm_prefix, llm_prefix_lengths, audio, audio_lengths,
+            llm_suffix, llm_suffix_lengths, llm_target, llm_target_lengths,
+        )
+        out = self.llm(inputs_embeds=inputs, attention_mask=mask)
+        loss_llm, acc = self._token_loss(out.logits, labels)
+        stats = dict(loss_llm=loss_llm.detach(), acc=acc.detach())
+        loss = loss_llm
+        extra = self._extra_losses(out.hidden, audio_lengths, audio_start, kwargs)
+        for name, (value, weight, value_stats) in extra.items():
+            loss = loss + weight * value
+            stats.update(value_stats)
+        if self.ctc_weight > 0 and text is not None:
+            loss_ctc, cer = self._ctc_loss(enc, enc_lengths, text, text_lengths)
+            loss = loss + self.ctc_weight * loss_ctc
+            stats.update(loss_ctc=loss_ctc.detach(), cer_ctc=cer)
+        stats["loss"] = loss.detach()
+        loss, stats, weight = force_gatherable((loss, stats, speech.shape[0]), loss.device)
+        return loss, stats, weight
+
+    def _extra_losses(self, hidden, audio_lengths, audio_start, batch) -> dict:
+        return {}
+
+
+class SpokenDialogModel(LLMASRModel):
+    """Stage 3: multi-round spoken Q&A plus the duplex state head.
+
+    `prompt_num` trainable prompt embeddings replace the task embeddings before the audio;
+    the answer target is what the frozen LLM itself said to the text question. The state
+    head reads the LLM's hidden state at the last audio position of every chunk; the label
+    of a chunk is `listen` until `turn_end_delay` seconds after the speech ended, then the
+    utterance's label (respond, or ignore for speech not addressed to the assistant).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        token_list: Sequence[str],
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        ctc: CTC,
+        adapter: torch.nn.Module,
+        llm: FrozenLLM,
+        ctc_weight: float = 0.0,
+        task_num: int = 4,
+        prompt_num: int = 25,
+        state_weight: float = 1.0,
+        turn_end_delay: float = 0.32,
+        frame_shift: float = 0.01,
+        report_cer: bool = True,
+        sym_space: str = "<space>",
+        sym_blank: str = "<blank>",
+    ):
+        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
+                         adapter, llm, ctc_weight, task_num, report_cer, sym_space, sym_blank)
+        self.prompt_embeddings = torch.nn.Embedding(prompt_num, llm.hidden_size)
+        self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
+        self.state_weight = state_weight
+        self.turn_end_delay = turn_end_delay
+        self.frame_shift = frame_shift
+
+    def _before_audio(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        ids = torch.arange(self.prompt_embeddings.num_embeddings, device=device)
+        return self.prompt_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
+
+    # ------------------------------------------------------------------ chunk geometry
+    @property
+    def embeddings_per_chunk(self) -> int:
+        """LLM embeddings produced per encoder chunk (2 for chunk 4 and adapter stride 2)."""
+        return max(1, self.encoder.chunk_size // self.adapter.stride)
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.encoder.chunk_size * 4 * self.frame_shift
+
+    def chunk_state_labels(self, audio_lengths: torch.Tensor, turn_info: torch.Tensor) -> torch.Tensor:
+        """(B, C) state label per chunk from turn_info rows (label, speech_end_seconds)."""
+        per = self.embeddings_per_chunk
+        n_chunks = (audio_lengths + per - 1) // per
+        max_chunks = int(n_chunks.max())
+        chunk_end = (torch.arange(max_chunks, device=audio_lengths.device) + 1) * self.chunk_seconds
+        label = turn_info[:, 0].round().long()
+        speech_end = turn_info[:, 1]
+        after = chunk_end[None, :] >= (speech_end[:, None] + self.turn_end_delay)
+        labels = torch.where(after, label[:, None], torch.full_like(after, STATE_LISTEN, dtype=torch.long))
+        labels = labels.masked_fill(~_lengths_to_mask(n_chunks, max_chunks), -100)
+        return labels
+
+    def state_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Softmax-ready logits over the 3 used states."""
+        return self.predictor_head(hidden)[..., :3]
+
+    def _extra_losses(self, hidden, audio_lengths, audio_start, batch) -> dict:
+        turn_info = batch.get("turn_info")
+        if turn_info is None or self.state_weight <= 0:
+            return {}
+        labels = self.chunk_state_labels(audio_lengths, turn_info.float())
+        per = self.embeddings_per_chunk
+        chunk_idx = torch.arange(labels.size(1), device=hidden.device)
+        # last audio embedding of chunk c: min((c+1)*per, n_audio) - 1
+        last = torch.minimum((chunk_idx[None, :] + 1) * per, audio_lengths[:, None]) - 1
+        pos = (audio_start[:, None] + last.clamp(min=0)).clamp(max=hidden.size(1) - 1)
+        chunk_hidden = torch.gather(hidden, 1, pos[..., None].expand(-1, -1, hidden.size(-1)))
+        logits = self.state_logits(chunk_hidden)
+        valid = labels != -100
+        loss = F.cross_entropy(logits[valid], labels[valid])
+        pred = logits[valid].argmax(-1)
+        acc = (pred == labels[valid]).float().mean()
+        return {"state": (loss, self.state_weight,
+                          dict(loss_state=loss.detach(), acc_state=acc.detach()))}
