@@ -1,0 +1,236 @@
+"""The three speech-input stages through the real entry point, on espeak-ng speech.
+
+One chain runs once per session: collect-stats -> stage 1 (CTC) -> stage 2 (ASR through the
+frozen LLM, initialized from stage 1) -> stage 3 (spoken dialog + state head, from stage 2).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from espnet_freeze_omni.bin import speech_input_train
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def data_args(corpus: Path, stage: int, train_dir: Path | None = None):
+    train_dir = train_dir or corpus / "train"
+    names = [("wav.scp", "speech", "sound"), ("text", "text", "text")]
+    if stage == 3:
+        names += [("answer", "answer", "text"), ("history", "history", "text"),
+                  ("turn_info", "turn_info", "text")]
+    args = []
+    for split, d in (("train", train_dir), ("valid", corpus / "valid")):
+        for fname, name, type_ in names:
+            args += [f"--{split}_data_path_and_name_and_type", f"{d}/{fname},{name},{type_}"]
+        # unsorted batches only read the keys of the shape file
+        args += [f"--{split}_shape_file", str(d / "wav.scp")]
+    return args
+
+
+def stage_cmd(corpus, stats, out, stage, *extra):
+    return [
+        "--config", str(CONF / f"speech_input_stage{stage}_tiny.yaml"),
+        *data_args(corpus, stage),
+        "--token_list", str(corpus / "tokens.txt"),
+        "--normalize_conf", f"stats_file={stats}/train/feats_stats.npz",
+        "--output_dir", str(out),
+        "--ngpu", "0", "--batch_type", "unsorted", "--batch_size", "4",
+        "--scheduler_conf", "warmup_steps=5",
+        "--seed", "0", "--num_att_plot", "0",
+        *extra,
+    ]
+
+
+def epoch_stats(out: Path) -> dict:
+    """{epoch: {'train': {...}, 'valid': {...}}} from the trainer's checkpoint."""
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    return ckpt["reporter"]["stats"]
+
+
+@pytest.fixture(scope="module")
+def stats_dir(spoken_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stats")
+    cmd = stage_cmd(spoken_corpus, out, out, 1, "--collect_stats", "true")
+    cmd = [c for c in cmd if not c.startswith("stats_file=")]
+    i = cmd.index("--normalize_conf")
+    del cmd[i: i + 2]
+    speech_input_train.main(cmd)
+    assert (out / "train" / "feats_stats.npz").exists()
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage_dirs(spoken_corpus, stats_dir, tiny_llm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    s1, s2, s3 = root / "stage1", root / "stage2", root / "stage3"
+    speech_input_train.main(stage_cmd(
+        spoken_corpus, stats_dir, s1, 1, "--max_epoch", "4", "--optim_conf", "lr=0.003"))
+    speech_input_train.main(stage_cmd(
+        spoken_corpus, stats_dir, s2, 2, "--max_epoch", "4", "--optim_conf", "lr=0.003",
+        "--llm_conf", f"path={tiny_llm_dir}", "--init_param", f"{s1}/4epoch.pth"))
+    speech_input_train.main(stage_cmd(
+        spoken_corpus, stats_dir, s3, 3, "--max_epoch", "4", "--optim_conf", "lr=0.01",
+        "--llm_conf", f"path={tiny_llm_dir}", "--init_param", f"{s2}/4epoch.pth"))
+    return s1, s2, s3
+
+
+def test_stage1_ctc_loss_goes_down(stage_dirs):
+    stats = epoch_stats(stage_dirs[0])
+    first, last = stats[1]["train"]["loss_ctc"], stats[4]["train"]["loss_ctc"]
+    assert last < 0.8 * first, (first, last)
+    assert "cer_ctc" in stats[4]["valid"]
+
+
+def test_stage2_llm_loss_goes_down_and_starts_from_stage1(stage_dirs):
+    s1, s2, _ = stage_dirs
+    stats = epoch_stats(s2)
+    first, last = stats[1]["train"]["loss_llm"], stats[4]["train"]["loss_llm"]
+    assert last < first, (first, last)
+    # --init_param carried the encoder: the first stage-2 epoch beats a fresh encoder's CTC
+    assert stats[1]["train"]["loss_ctc"] < epoch_stats(s1)[1]["train"]["loss_ctc"]
+
+
+def test_stage3_trains_prompt_and_state_head_only(stage_dirs):
+    _, s2, s3 = stage_dirs
+    stats = epoch_stats(s3)
+    assert stats[4]["train"]["loss"] < stats[1]["train"]["loss"]
+    assert "acc_state" in stats[4]["valid"] and "loss_state" in stats[4]["train"]
+    before = torch.load(s2 / "4epoch.pth", map_location="cpu")
+    after = torch.load(s3 / "4epoch.pth", map_location="cpu")
+    for name in before:
+        if name.startswith(("encoder.", "adapter.")):
+            assert torch.equal(before[name], after[name]), f"{name} changed while frozen"
+    assert "prompt_embeddings.weight" in after and "predictor_head.weight" in after
+
+
+def test_llm_is_never_in_a_checkpoint(stage_dirs):
+    for out in stage_dirs:
+        for ckpt in out.glob("*epoch.pth"):
+            keys = torch.load(ckpt, map_location="cpu").keys()
+            assert not [k for k in keys if k.startswith("llm") or ".llm." in k], ckpt
+
+
+def build_model_from_config(stage: int, corpus: Path, stats: Path, llm: Path):
+    from espnet_freeze_omni.tasks.speech_input import SpeechInputTask
+
+    parser = SpeechInputTask.get_parser()
+    args = parser.parse_args(stage_cmd(corpus, stats, corpus / "unused", stage,
+                                       "--llm_conf", f"path={llm}"))
+    return SpeechInputTask.build_model(args)
+
+
+def test_llm_weights_bitwise_unchanged_after_a_training_step(spoken_corpus, stats_dir, tiny_llm_dir):
+    from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
+
+    model = build_model_from_config(2, spoken_corpus, stats_dir, tiny_llm_dir)
+    model.train()
+    llm_before = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
+    adapter_before = model.adapter.project.weight.detach().clone()
+    assert all(not p.requires_grad for p in model.llm.parameters())
+    assert not any(n.startswith("llm") for n, _ in model.named_parameters())
+
+    pre = SpeechInputPreprocessor(train=True, llm_path=str(tiny_llm_dir), token_type="char",
+                                  token_list=str(spoken_corpus / "tokens.txt"))
+    wav_path = (spoken_corpus / "train" / "wav.scp").read_text().split()[1]
+    wav, _ = soundfile.read(wav_path, dtype="float32")
+    item = pre("tr000", {"speech": wav, "text": "what color is the sky"})
+    batch = {}
+    for k, v in item.items():
+        batch[k] = torch.as_tensor(v)[None]
+        batch[k + "_lengths"] = torch.tensor([len(v)])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, _, _ = model(**batch)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(adapter_before, model.adapter.project.weight)
+    for k, v in model.llm.model.state_dict().items():
+        assert torch.equal(v, llm_before[k]), f"frozen LLM weight {k} changed"
+
+
+def test_resume_after_kill_continues_from_last_epoch(spoken_corpus, stats_dir, tmp_path):
+    out = tmp_path / "stage1"
+    cmd = stage_cmd(spoken_corpus, stats_dir, out, 1, "--max_epoch", "3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "espnet_freeze_omni.bin.speech_input_train", *cmd],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while not ((out / "1epoch.pth").exists() and (out / "checkpoint.pth").exists()):
+            assert proc.poll() is None, "training died before its first epoch ended"
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the checkpoint write finish
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = sorted(epoch_stats(out))
+    assert done_before and max(done_before) < 3, done_before
+    first_epoch_file = (out / "1epoch.pth").stat().st_mtime_ns
+    loss_epoch1 = epoch_stats(out)[1]["train"]["loss"]
+
+    speech_input_train.main(cmd + ["--resume", "true"])
+    stats = epoch_stats(out)
+    assert sorted(stats) == [1, 2, 3]
+    assert stats[1]["train"]["loss"] == loss_epoch1  # epoch 1 kept, not retrained
+    assert (out / "1epoch.pth").stat().st_mtime_ns == first_epoch_file
+    assert (out / "3epoch.pth").exists()
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_missing_llm_dir_is_named(spoken_corpus, stats_dir, tmp_path):
+    missing = tmp_path / "no_such_llm"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        speech_input_train.main(stage_cmd(spoken_corpus, stats_dir, tmp_path / "o", 2,
+                                          "--llm_conf", f"path={missing}"))
+
+
+def test_not_a_causal_lm_dir_is_named(spoken_corpus, stats_dir, tmp_path):
+    not_llm = tmp_path / "just_a_folder"
+    not_llm.mkdir()
+    (not_llm / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=str(not_llm)):
+        speech_input_train.main(stage_cmd(spoken_corpus, stats_dir, tmp_path / "o", 2,
+                                          "--llm_conf", f"path={not_llm}"))
+
+
+def test_adapter_size_mismatch_names_sizes_and_path(spoken_corpus, stats_dir, tiny_llm_dir, tmp_path):
+    with pytest.raises(ValueError, match=rf"999.*{tiny_llm_dir}"):
+        speech_input_train.main(stage_cmd(spoken_corpus, stats_dir, tmp_path / "o", 2,
+                                          "--llm_conf", f"path={tiny_llm_dir}",
+                                          "--adapter_conf", "llm_embed_dim=999"))
+
+
+def test_bad_audio_is_reported_by_utterance_and_file(spoken_corpus, stats_dir, tmp_path):
+    bad = tmp_path / "bad_train"
+    shutil.copytree(spoken_corpus / "train", bad)
+    lines = (bad / "wav.scp").read_text().splitlines()
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"this is not audio")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    slow = tmp_path / "8k.wav"
+    soundfile.write(slow, np.zeros(8000, dtype=np.float32), 8000)
+    ids = [line.split()[0] for line in lines]
+    lines[0], lines[1], lines[2] = f"{ids[0]} {broken}", f"{ids[1]} {empty}", f"{ids[2]} {slow}"
+    (bad / "wav.scp").write_text("\n".join(lines) + "\n")
+    cmd = stage_cmd(spoken_corpus, stats_dir, tmp_path / "o", 1)
+    cmd = [c.replace(str(spoken_corpus / "train"), str(bad)) for c in cmd]
+    with pytest.raises(RuntimeError) as err:
+        speech_input_train.main(cmd)
+    msg = str(err.value)
+    assert f"'{ids[0]}' ({broken}): cannot be read" in msg
+    assert f"'{ids[1]}' ({empty}): is empty" in msg
+    assert f"'{ids[2]}' ({slow}): sample rate 8000 Hz, expected 16000 Hz" in msg
+    assert f"{bad}/wav.scp:1:" in msg
