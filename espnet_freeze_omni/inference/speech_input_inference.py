@@ -1,0 +1,152 @@
+"""Decoding with trained speech-input models: CTC ASR, ASR through the LLM, spoken Q&A,
+and the chunk-by-chunk listening loop that drives turn-taking.
+
+The listening loop is the streaming path of SPEC §3: features are fed 160 ms at a time
+through the encoder's K/V caches and the adapter's conv cache, each chunk's two LLM
+embeddings extend the frozen LLM's K/V cache, and the state head reads the last position.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from espnet_freeze_omni.llm.chat_template import ChatTemplate
+from espnet_freeze_omni.models.speech_input import (
+    STATE_LISTEN,
+    EncoderCTCModel,
+    LLMASRModel,
+    SpokenDialogModel,
+)
+
+
+@dataclasses.dataclass
+class ListenResult:
+    """Per-chunk duplex states of one utterance and the first decision taken."""
+
+    states: List[int]
+    chunk_seconds: float
+    decision: int  # first non-listen state, or STATE_LISTEN if none
+    decision_time: Optional[float]  # end time (s) of the chunk where it was taken
+
+
+def greedy_continue(llm, inputs_embeds: torch.Tensor, max_new_tokens: int,
+                    past_key_values=None) -> List[int]:
+    """Greedy tokens after `inputs_embeds` (batch 1) until an end-of-turn token."""
+    out = (llm.prefill(inputs_embeds) if past_key_values is None
+           else llm.extend(inputs_embeds, past_key_values))
+    stop = set(llm.eos_token_ids)
+    ids: List[int] = []
+    for _ in range(max_new_tokens):
+        nxt = int(out.logits[0, -1].argmax())
+        if nxt in stop:
+            break
+        ids.append(nxt)
+        token = torch.tensor([[nxt]], device=inputs_embeds.device)
+        out = llm.extend(llm.embed_tokens(token), out.past_key_values)
+    return ids
+
+
+class SpeechInputInference:
+    """Wraps a trained speech-input model (any of the three stages) for decoding."""
+
+    def __init__(self, model: EncoderCTCModel, device: str = "cpu", max_new_tokens: int = 128):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.template = ChatTemplate(model.llm.tokenizer) if isinstance(model, LLMASRModel) else None
+
+    @classmethod
+    def from_files(cls, train_config: str | Path, model_file: str | Path, device: str = "cpu",
+                   llm_path: Optional[str] = None, **kwargs) -> "SpeechInputInference":
+        """Build from an espnet training config + checkpoint; `llm_path` overrides the
+        LLM directory recorded in the config (the LLM is never inside the checkpoint)."""
+        import yaml
+
+        from espnet_freeze_omni.tasks.speech_input import SpeechInputTask
+
+        if llm_path is not None:
+            with open(train_config, encoding="utf-8") as f:
+                conf = yaml.safe_load(f)
+            conf.setdefault("llm_conf", {})["path"] = str(llm_path)
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+                yaml.safe_dump(conf, f)
+            train_config = f.name
+        model, _ = SpeechInputTask.build_model_from_file(train_config, model_file, device)
+        return cls(model, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    def _batch(self, wav: np.ndarray):
+        speech = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
+        return speech, torch.tensor([speech.size(1)], device=self.device)
+
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+
+    def tokens_to_text(self, ids: Sequence[int]) -> str:
+        tokens = [self.model.token_list[i] for i in ids]
+        return "".join(" " if t == "<space>" else t for t in tokens).strip()
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def ctc_transcribe(self, wav: np.ndarray) -> str:
+        return self.tokens_to_text(self.model.ctc_greedy_decode(*self._batch(wav))[0])
+
+    @torch.no_grad()
+    def llm_generate(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None) -> str:
+        """The frozen LLM's greedy reply to the audio: the transcript for a stage-2 model,
+        the answer for a stage-3 model."""
+        if self.template is None:
+            raise ValueError("this model has no LLM (stage 1): use ctc_transcribe")
+        model = self.model
+        audio, audio_lengths, _, _ = model.audio_embeddings(*self._batch(wav))
+        prefix = self._ids(self.template.prefix_ids(history))
+        suffix = self._ids(self.template.suffix_ids())
+        empty = self._ids([])
+        inputs, _, _, _ = model.assemble(
+            prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
+            suffix, torch.tensor([suffix.size(1)]), empty, torch.tensor([0]))
+        ids = greedy_continue(model.llm, inputs, self.max_new_tokens)
+        return model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def listen(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None) -> ListenResult:
+        """Stream the utterance chunk by chunk and read the state head after every chunk."""
+        model = self.model
+        if not isinstance(model, SpokenDialogModel):
+            raise ValueError("listening needs a stage-3 (spoken_dialog) model")
+        feats, _ = model._extract_feats(*self._batch(wav))
+        if model.normalize is not None:
+            feats, _ = model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
+        llm = model.llm
+        prefix = llm.embed_tokens(self._ids(self.template.prefix_ids(history)))
+        before = model._before_audio(1, self.device).to(prefix.dtype)
+        cache = llm.prefill(torch.cat([prefix, before], dim=1)).past_key_values
+
+        enc_state = model.encoder.init_streaming_state(1)
+        conv_cache = model.adapter.init_cache(1)
+        step = model.encoder.chunk_frames
+        states: List[int] = []
+        total = feats.size(1)
+        for start in range(0, total, step):
+            is_final = start + step >= total
+            enc, enc_state = model.encoder.forward_chunk(feats[:, start:start + step], enc_state,
+                                                         is_final=is_final)
+            if enc.size(1) == 0:
+                continue
+            emb, conv_cache = model.adapter.forward_chunk(enc, conv_cache)
+            if emb.size(1) == 0:
+                continue
+            out = llm.extend(emb, cache)
+            cache = out.past_key_values
+            states.append(int(model.state_logits(out.hidden[:, -1]).argmax(-1)))
+        decision, when = STATE_LISTEN, None
+        for i, s in enumerate(states):
+            if s != STATE_LISTEN:
+                decision, when = s, (i + 1) * model.chunk_seconds
+                break
+        return ListenResult(states, model.chunk_seconds, decision, when)
