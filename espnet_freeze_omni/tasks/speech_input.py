@@ -49,7 +49,7 @@ encoder_choices = ClassChoices(
     default="streaming_chunk",
 )
 adapter_choices = ClassChoices(
-    "adapter",
+    "speech_adapter",
     classes=dict(conv=ConvAdapter),
     type_check=torch.nn.Module,
     default="conv",
@@ -210,8 +210,10 @@ class SpeechInputTask(AbsTask):
             input_size = args.input_size
         specaug = (specaug_choices.get_class(args.specaug)(**args.specaug_conf)
                    if args.specaug is not None else None)
-        normalize = (normalize_choices.get_class(args.normalize)(**args.normalize_conf)
-                     if args.normalize is not None else None)
+        # collect-stats is what produces GlobalMVN's stats file: no normalization yet
+        normalize = None
+        if args.normalize is not None and not getattr(args, "collect_stats", False):
+            normalize = normalize_choices.get_class(args.normalize)(**args.normalize_conf)
         encoder = encoder_choices.get_class(args.encoder)(input_size=input_size, **args.encoder_conf)
         ctc = CTC(odim=vocab_size, encoder_output_size=encoder.output_size(), **args.ctc_conf)
 
@@ -221,14 +223,14 @@ class SpeechInputTask(AbsTask):
         if llm is None:
             model = model_class(**common, **args.model_conf)
         else:
-            adapter_conf = dict(args.adapter_conf)
+            adapter_conf = dict(args.speech_adapter_conf)
             wanted = adapter_conf.pop("llm_embed_dim", None)
             if wanted is not None and wanted != llm.hidden_size:
                 raise ValueError(
-                    f"adapter_conf llm_embed_dim={wanted} does not match the hidden size "
+                    f"speech_adapter_conf llm_embed_dim={wanted} does not match the hidden size "
                     f"{llm.hidden_size} of the LLM at {llm.path}"
                 )
-            adapter = adapter_choices.get_class(args.adapter)(
+            adapter = adapter_choices.get_class(args.speech_adapter)(
                 enc_out_dim=encoder.output_size(), llm_embed_dim=llm.hidden_size, **adapter_conf)
             model = model_class(**common, adapter=adapter, llm=llm, **args.model_conf)
 
