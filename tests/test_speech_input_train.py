@@ -230,3 +230,49 @@ def test_bad_audio_is_reported_by_utterance_and_file(spoken_corpus, stats_dir, t
     assert f"'{ids[1]}' ({empty}): is empty" in msg
     assert f"'{ids[2]}' ({slow}): sample rate 8000 Hz, expected 16000 Hz" in msg
     assert f"{bad}/wav.scp:1:" in msg
+
+
+# ---------------------------------------------------------------------------- decoding
+def test_streaming_listen_matches_offline_state_head(stage_dirs, spoken_corpus, tiny_llm_dir):
+    """Chunk-by-chunk listening (encoder, adapter and LLM caches) == one causal forward."""
+    from espnet_freeze_omni.inference.speech_input_inference import SpeechInputInference
+
+    s3 = stage_dirs[2]
+    dec = SpeechInputInference.from_files(s3 / "config.yaml", s3 / "4epoch.pth")
+    model = dec.model
+    wav_path = (spoken_corpus / "valid" / "wav.scp").read_text().split()[1]
+    wav, _ = soundfile.read(wav_path, dtype="float32")
+    result = dec.listen(wav)
+
+    with torch.no_grad():
+        speech, lengths = dec._batch(wav)
+        audio, audio_lengths, _, _ = model.audio_embeddings(speech, lengths)
+        prefix = dec._ids(dec.template.prefix_ids(None))
+        inputs, mask, _, start = model.assemble(
+            prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
+            dec._ids([]), torch.tensor([0]), dec._ids([]), torch.tensor([0]))
+        hidden = model.llm(inputs_embeds=inputs, attention_mask=mask).hidden
+        per = model.embeddings_per_chunk
+        n = int(audio_lengths[0])
+        last = [min((c + 1) * per, n) - 1 for c in range((n + per - 1) // per)]
+        offline = model.state_logits(hidden[0, [int(start[0]) + i for i in last]]).argmax(-1)
+    assert result.states == offline.tolist()
+    assert len(result.states) == len(last)
+
+
+def test_decoding_entry_point_writes_every_utterance(stage_dirs, spoken_corpus, tmp_path):
+    from espnet_freeze_omni.bin import speech_input_inference
+
+    s1, s2, s3 = stage_dirs
+    wav_scp = spoken_corpus / "valid" / "wav.scp"
+    ids = [line.split()[0] for line in wav_scp.read_text().splitlines()]
+    for mode, exp, out_name in (("ctc", s1, "text"), ("llm", s2, "text"), ("listen", s3, "turn_info")):
+        out = tmp_path / mode
+        speech_input_inference.main([
+            "--train_config", str(exp / "config.yaml"), "--model_file", str(exp / "4epoch.pth"),
+            "--wav_scp", str(wav_scp), "--mode", mode, "--output_dir", str(out),
+            "--max_new_tokens", "8"])
+        lines = (out / out_name).read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ids
+        if mode == "listen":
+            assert all(line.split()[1] in "012" for line in lines)

@@ -130,7 +130,9 @@ class SpeechInputInference:
         enc_state = model.encoder.init_streaming_state(1)
         conv_cache = model.adapter.init_cache(1)
         step = model.encoder.chunk_frames
+        per = model.embeddings_per_chunk
         states: List[int] = []
+        emitted = 0  # LLM audio embeddings so far; chunk c ends at embedding (c + 1) * per - 1
         total = feats.size(1)
         for start in range(0, total, step):
             is_final = start + step >= total
@@ -143,7 +145,14 @@ class SpeechInputInference:
                 continue
             out = llm.extend(emb, cache)
             cache = out.past_key_values
-            states.append(int(model.state_logits(out.hidden[:, -1]).argmax(-1)))
+            # One call may carry several chunks (the final flush does): read every chunk end,
+            # and the last position of a final partial chunk.
+            ends = [j for j in range(emb.size(1)) if (emitted + j + 1) % per == 0]
+            if is_final and (emitted + emb.size(1)) % per != 0:
+                ends.append(emb.size(1) - 1)
+            emitted += emb.size(1)
+            logits = model.state_logits(out.hidden[0, ends])
+            states.extend(int(s) for s in logits.argmax(-1))
         decision, when = STATE_LISTEN, None
         for i, s in enumerate(states):
             if s != STATE_LISTEN:
