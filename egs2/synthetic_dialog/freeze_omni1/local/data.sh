@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# data/{train,dev,test} (ASR), data/{qa_train,qa_test} (spoken questions + side talk, with
+# turn_info) and data/local/world/ (facts, dialogs, reference answers), all generated from
+# one seed by espnet_freeze_omni.bin.make_synthetic_corpus: nothing is downloaded.
+set -euo pipefail
+
+seed=0
+num_train=2000            # ASR utterances (texts of dev/test never occur in train)
+num_dev=100
+num_test=100
+num_qa_train=3000         # Q/A pairs in the train dialogs (LLM training, text)
+num_qa_test=200           # test questions (held out by text)
+num_spoken_qa_train=600   # train questions also spoken for speech input stage 3
+num_side_talk_train=200   # spoken speech not addressed to the assistant (label 2)
+num_side_talk_test=50
+num_people=120
+num_countries=24
+nj=2
+help_message="Usage: local/data.sh [--seed 0] [--num_train 2000] ... (see the variables in $0)"
+. utils/parse_options.sh
+. ./path.sh
+
+python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${seed}" \
+    --num_train "${num_train}" --num_dev "${num_dev}" --num_test "${num_test}" \
+    --num_qa_train "${num_qa_train}" --num_qa_test "${num_qa_test}" \
+    --num_spoken_qa_train "${num_spoken_qa_train}" \
+    --num_side_talk_train "${num_side_talk_train}" --num_side_talk_test "${num_side_talk_test}" \
+    --num_people "${num_people}" --num_countries "${num_countries}" --nj "${nj}"

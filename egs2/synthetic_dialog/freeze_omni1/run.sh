@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The embedded Freeze-Omni recipe: a generated world of facts spoken by espeak-ng, a tiny
+# LLM trained on it, and the whole speech-in/speech-out pipeline on 2 CPU cores.
+# Nothing is downloaded. `./run.sh --stage N --stop_stage M`; options: ./freeze_omni.sh --help
+set -euo pipefail
+. ./db.sh   # LLM_DIR, when set, is your local model dir for the frozen LLM
+
+./freeze_omni.sh \
+    --train_set train \
+    --valid_set dev \
+    --test_sets "test" \
+    --qa_train_set qa_train \
+    --qa_test_sets "qa_test" \
+    --qa_train_dialogs data/local/world/qa_train.jsonl \
+    --qa_test_refs data/local/world/qa_test_refs.jsonl \
+    --nj 2 \
+    --inference_nj 2 \
+    --ngpu 0 \
+    --max_wav_duration 15 \
+    ${LLM_DIR:+--llm_path "${LLM_DIR}"} \
+    "$@"

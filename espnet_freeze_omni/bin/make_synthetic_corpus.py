@@ -1,0 +1,58 @@
+"""Generate the embedded corpus: a world of facts, Q&A dialogs, side talk, spoken by espeak-ng.
+
+    python -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed 0 \
+        [--num_train 2000] [--num_dev 100] [--num_test 100] [--num_qa_train 3000] \
+        [--num_qa_test 200] [--num_spoken_qa_train 600] [--num_side_talk_train 200] \
+        [--num_side_talk_test 50] [--max_turns 3] [--num_countries 24] [--num_people 120] \
+        [--sets "train dev test qa_train qa_test"] [--wav_dir DIR] [--nj 2] \
+        [--sample_rate 16000] [--text_only false]
+
+Writes <out>/local/world/ (world.json, facts.txt, qa_{train,test}.jsonl, qa_test_refs.jsonl,
+side talk, utterance lists) and the Kaldi data dirs <out>/{train,dev,test,qa_train,qa_test}
+(wav.scp, text, utt2spk, spk2utt, turn_info). Deterministic given the seed and sizes.
+"""
+import argparse
+import dataclasses
+import sys
+import time
+
+from espnet2.utils.types import str2bool, str_or_none
+
+from espnet_freeze_omni.data.synthetic_world import CorpusSizes, make_corpus
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="data root, e.g. data")
+    parser.add_argument("--seed", type=int, default=0)
+    for field in dataclasses.fields(CorpusSizes):
+        parser.add_argument(f"--{field.name}", type=int, default=field.default)
+    parser.add_argument("--sets", type=str_or_none, default=None,
+                        help="space-separated subset of train dev test qa_train qa_test to "
+                             "synthesize (default: all)")
+    parser.add_argument("--wav_dir", type=str_or_none, default=None,
+                        help="where the wavs go (default: <out>/local/wav)")
+    parser.add_argument("--nj", type=int, default=2, help="parallel espeak-ng/sox processes")
+    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument("--text_only", type=str2bool, default=False,
+                        help="write the text artifacts only, no audio")
+    return parser
+
+
+def main(cmd=None) -> int:
+    args = get_parser().parse_args(cmd)
+    sizes = CorpusSizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusSizes)})
+    start = time.time()
+    corpus = make_corpus(args.out, args.seed, sizes, args.text_only, args.wav_dir, args.nj,
+                         args.sample_rate, args.sets.split() if args.sets else None)
+    spoken = ", ".join(f"{k} {len(v)}" for k, v in corpus.spoken.items())
+    print(f"make_synthetic_corpus: seed {args.seed}, {len(corpus.world.facts)} facts, "
+          f"{len(corpus.qa_train)} train / {len(corpus.qa_test)} test dialogs, "
+          f"{len(corpus.qa_test_refs)} test questions; utterances: {spoken}"
+          f"{' (text only)' if args.text_only else ''}; {time.time() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The embedded corpus: a generated world of facts, spoken by espeak-ng.
+
+A seed fixes everything. The world holds invented countries (capital, language), cities
+(country) and people (city, job, favorite color, pet and its name, age). Each fact has one
+statement ("The capital of Zorvia is Quell.") and several question phrasings ("What is the
+capital of Zorvia?", "Which city is the capital of Zorvia?", ...). From it come:
+
+(a) ASR sentences (statements, questions, side talk) split train/dev/test BY TEXT: no dev
+    or test sentence is ever spoken in train, whatever the voice;
+(b) multi-turn Q&A dialogs, JSON lines {"id", "turns": [{"role", "content"}, ...]}; a test
+    question is a (fact, phrasing) pair whose text never occurs in train, while its fact is
+    in the LLM's training text (every statement is) and, by default, is also asked in train
+    QA with another phrasing, so a small LLM trained on statements + train QA can answer it;
+(c) reference answers {"id", "question", "answers": [aliases]} for the containment scorer;
+(d) side talk not addressed to the assistant ("Hey Sam, pass me the salt."), held out by
+    text too, for the state head (turn label 2).
+
+`make_corpus` writes the text artifacts under `<out>/local/world/` and, unless text_only,
+speaks them into Kaldi data dirs `<out>/{train,dev,test,qa_train,qa_test}` at 16 kHz with
+`turn_info` (label 1 addressed / 2 side talk, speech end in seconds); every utterance ends
+with 0.6-1.0 s of silence so the turn end is learnable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from espnet_freeze_omni.scoring.numbers import number_to_words
+
+JOBS = ("baker", "pilot", "teacher", "doctor", "farmer", "painter", "nurse", "engineer",
+        "chef", "fisherman", "carpenter", "librarian", "musician", "gardener", "tailor",
+        "dentist", "architect", "mechanic", "photographer", "astronomer")
+COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "silver",
+          "pink", "brown", "gold")
+PETS = ("dog", "cat", "parrot", "rabbit", "hamster", "turtle", "goldfish", "horse", "goat",
+        "owl")
+# Side talk is addressed to people with ordinary names; world names are invented syllables.
+HOUSEMATES = ("Sam", "Alex", "Maria", "Tom", "Lena", "Priya", "Omar", "Kenji", "Rosa", "Ben",
+              "Nora", "Luis", "Emma", "Jack", "Aisha", "Paul")
+OBJECTS = ("salt", "keys", "remote", "charger", "umbrella", "scissors", "towel", "notebook",
+           "glasses", "wallet", "jacket", "pepper", "milk", "blanket")
+SIDE_TALK_TEMPLATES = (
+    "Hey {n}, pass me the {o}.",
+    "{n}, have you seen my {o}?",
+    "{n}, can you grab the {o} from the kitchen?",
+    "Hey {n}, what time is it?",
+    "{n}, I'll be back in {m} minutes.",
+    "Wait a second {n}, I'm on the phone.",
+    "{n}, did you remember to bring the {o}?",
+    "Sorry {n}, I left the {o} in the car.",
+    "{n}, dinner is almost ready.",
+    "Hey {n}, could you turn down the music?",
+    "{n}, don't forget the {o} tomorrow.",
+    "Thanks {n}, just put the {o} on the table.",
+)
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
+           "kr", "tr", "st", "th", "sh", "gl", "pl")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ee")
+_CODAS = ("", "", "n", "r", "l", "s", "k", "m", "th")
+_COUNTRY_ENDINGS = ("ia", "land", "stan", "ora", "avia", "ium")
+_LANGUAGE_ENDINGS = ("ish", "ese", "ic", "ian")
+
+# relation -> (statement template, question phrasings). Placeholders: {c} country,
+# {city}, {p} person, {lang}, {job} (with article), {color}, {pet}, {petname}, {age}.
+RELATIONS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "capital": ("The capital of {c} is {city}.", (
+        "What is the capital of {c}?", "Which city is the capital of {c}?",
+        "Tell me the capital of {c}.", "Do you know the capital of {c}?")),
+    "language": ("People in {c} speak {lang}.", (
+        "What language do people speak in {c}?", "Which language is spoken in {c}?",
+        "What is the main language of {c}?")),
+    "city_country": ("{city} is a city in {c}.", (
+        "Which country is {city} in?", "In what country is {city}?",
+        "Where is the city of {city}?")),
+    "lives_in": ("{p} lives in {city}.", (
+        "Where does {p} live?", "In which city does {p} live?", "What city is {p} from?")),
+    "job": ("{p} works as {job}.", (
+        "What does {p} do for a living?", "What is {p}'s job?",
+        "What is the occupation of {p}?")),
+    "color": ("{p}'s favorite color is {color}.", (
+        "What is {p}'s favorite color?", "Which color does {p} like best?",
+        "What color does {p} love most?")),
+    "pet": ("{p} has a {pet} named {petname}.", (
+        "What kind of pet does {p} have?", "What animal does {p} keep as a pet?",
+        "Which pet does {p} own?")),
+    "pet_name": ("{p} has a {pet} named {petname}.", (
+        "What is the name of {p}'s {pet}?", "What is {p}'s {pet} called?",
+        "What name did {p} give the {pet}?")),
+    "age": ("{p} is {age} years old.", (
+        "How old is {p}?", "What is the age of {p}?", "How many years old is {p}?")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    relation: str
+    subject: str
+    answers: Tuple[str, ...]  # aliases; the first is how the statement says it
+    statement: str
+    questions: Tuple[str, ...]
+
+
+@dataclasses.dataclass
+class World:
+    seed: int
+    countries: List[dict]
+    cities: List[dict]
+    people: List[dict]
+    facts: List[Fact]
+
+    def to_json(self) -> dict:
+        return dict(seed=self.seed, countries=self.countries, cities=self.cities,
+                    people=self.people, facts=[dataclasses.asdict(f) for f in self.facts])
+
+
+class _Names:
+    """Unique pronounceable invented names (never one of the few real words seen so far)."""
+
+    REAL_WORDS = {"befoul", "foster", "puma", "feel", "trek", "shun", "them", "stem", "sister",
+                  "butter", "doctor", "bison", "kitten", "melon", "lemon", "robin", "tuna",
+                  "salon", "sonar", "tutor", "motor", "rotor", "solar", "polar", "lunar"}
+    _CONSONANT_CODAS = tuple(c for c in _CODAS if c)
+
+    def __init__(self, rng: random.Random, reserved: Sequence[str] = ()):
+        self.rng = rng
+        self.used = {n.lower() for n in reserved} | self.REAL_WORDS
+
+    def make(self, syllables: int, ending_choices: Sequence[str] = ()) -> str:
+        while True:
+            ending = self.rng.choice(ending_choices) if ending_choices else ""
+            parts = [self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS)
+                     for _ in range(syllables)]
+            # a consonant between the body and a vowel ending ("Zorv-ia", not "Liia")
+            codas = self._CONSONANT_CODAS if ending[:1] in tuple("aeiou") else _CODAS
+            name = ("".join(parts) + self.rng.choice(codas) + ending).capitalize()
+            if name.lower() not in self.used and 4 <= len(name) <= 12:
+                self.used.add(name.lower())
+                return name
+
+
+def _article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def build_world(seed: int, num_countries: int = 24, num_people: int = 120,
+                extra_cities_per_country: int = 1) -> World:
+    """The same seed always gives the same world."""
+    rng = random.Random(f"freeze-omni-world-{seed}")
+    names = _Names(rng, reserved=HOUSEMATES)
+    countries, cities, people, facts = [], [], [], []
+    for _ in range(num_countries):
+        country = names.make(rng.choice((1, 2)), _COUNTRY_ENDINGS)
+        language = names.make(1, _LANGUAGE_ENDINGS)
+        capital = names.make(2)
+        countries.append(dict(name=country, capital=capital, language=language))
+        cities.append(dict(name=capital, country=country, capital=True))
+        for _ in range(extra_cities_per_country):
+            cities.append(dict(name=names.make(2), country=country,
+                               capital=False))
+    for _ in range(num_people):
+        first, last = names.make(2), names.make(rng.choice((1, 2)))
+        people.append(dict(
+            name=f"{first} {last}", city=rng.choice(cities)["name"], job=rng.choice(JOBS),
+            color=rng.choice(COLORS), pet=rng.choice(PETS), petname=names.make(2),
+            age=rng.randint(18, 90)))
+
+    def fact(relation: str, subject: str, answers: Sequence[str], **slots) -> Fact:
+        statement, questions = RELATIONS[relation]
+        return Fact(relation, subject, tuple(answers), statement.format(**slots),
+                    tuple(q.format(**slots) for q in questions))
+
+    for c in countries:
+        facts.append(fact("capital", c["name"], [c["capital"]], c=c["name"], city=c["capital"]))
+        facts.append(fact("language", c["name"], [c["language"]], c=c["name"],
+                          lang=c["language"]))
+    for city in cities:
+        facts.append(fact("city_country", city["name"], [city["country"]], c=city["country"],
+                          city=city["name"]))
+    for p in people:
+        slots = dict(p=p["name"], city=p["city"], job=_article(p["job"]), color=p["color"],
+                     pet=p["pet"], petname=p["petname"], age=number_to_words(p["age"]))
+        facts.append(fact("lives_in", p["name"], [p["city"]], **slots))
+        facts.append(fact("job", p["name"], [p["job"]], **slots))
+        facts.append(fact("color", p["name"], [p["color"]], **slots))
+        facts.append(fact("pet", p["name"], [p["pet"]], **slots))
+        facts.append(fact("pet_name", p["name"], [p["petname"]], **slots))
+        facts.append(fact("age", p["name"], [number_to_words(p["age"]), str(p["age"])],
+                          **slots))
+    return World(seed, countries, cities, people, facts)
+
+
+def side_talk_sentences(seed: int) -> List[str]:
+    """Every distinct side-talk sentence, in a seed-dependent order."""
+    rng = random.Random(f"freeze-omni-side-talk-{seed}")
+    sentences = set()
+    for template in SIDE_TALK_TEMPLATES:
+        for n in HOUSEMATES:
+            for o in OBJECTS if "{o}" in template else ("",):
+                for m in ("five", "ten", "twenty") if "{m}" in template else ("",):
+                    sentences.add(template.format(n=n, o=o, m=m))
+    ordered = sorted(sentences)
+    rng.shuffle(ordered)
+    return ordered
+
+
+@dataclasses.dataclass
+class CorpusSizes:
+    num_train: int = 2000  # ASR utterances
+    num_dev: int = 100
+    num_test: int = 100
+    num_qa_train: int = 3000  # Q/A pairs in the train dialogs (text)
+    num_qa_test: int = 200  # test questions (text and spoken)
+    num_spoken_qa_train: int = 600  # train user turns also spoken (data/qa_train)
+    num_side_talk_train: int = 200  # spoken side talk in data/qa_train
+    num_side_talk_test: int = 50  # spoken side talk in data/qa_test
+    max_turns: int = 3  # user turns per dialog
+    num_countries: int = 24
+    num_people: int = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    utt_id: str
+    text: str
+    label: int  # 1 addressed to the assistant, 2 side talk
+    voice_index: int
+    trailing_silence: float
+
+
+def _utterance(rng: random.Random, utt_id: str, text: str, label: int) -> Utterance:
+    return Utterance(utt_id, text, label, rng.randrange(1 << 20),
+                     round(rng.uniform(0.6, 1.0), 2))
+
+
+def _dialogs(pairs: List[Tuple[int, int]], world: World, prefix: str, max_turns: int,
+             rng: random.Random) -> List[dict]:
+    dialogs, i = [], 0
+    while i < len(pairs):
+        n = rng.randint(1, max_turns)
+        turns = []
+        for f, q in pairs[i:i + n]:
+            fact = world.facts[f]
+            turns.append(dict(role="user", content=fact.questions[q]))
+            turns.append(dict(role="assistant", content=fact.statement))
+        dialogs.append(dict(id=f"{prefix}-{len(dialogs) + 1:05d}", turns=turns,
+                            facts=[[f, q] for f, q in pairs[i:i + n]]))
+        i += n
+    return dialogs
+
+
+@dataclasses.dataclass
+class Corpus:
+    world: World
+    qa_train: List[dict]
+    qa_test: List[dict]
+    qa_test_refs: List[dict]
+    side_talk_train: List[str]
+    side_talk_test: List[str]
+    spoken: Dict[str, List[Utterance]]  # data set -> utterances
+
+
+def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
+                    test_facts_asked_in_train: bool = True) -> Corpus:
+    """All texts of the corpus (no audio); deterministic given seed and sizes."""
+    world = build_world(seed, sizes.num_countries, sizes.num_people)
+    rng = random.Random(f"freeze-omni-corpus-{seed}")
+
+    # --- QA: hold test (fact, phrasing) pairs out by text ---
+    askable = list(range(len(world.facts)))
+    rng.shuffle(askable)
+    if sizes.num_qa_test > len(askable):
+        raise ValueError(f"num_qa_test={sizes.num_qa_test} exceeds the world's "
+                         f"{len(askable)} facts: raise num_people")
+    test_pairs = [(f, rng.randrange(len(world.facts[f].questions)))
+                  for f in askable[:sizes.num_qa_test]]
+    test_texts = {world.facts[f].questions[q] for f, q in test_pairs}
+    train_pool = [(f, q) for f in range(len(world.facts))
+                  for q in range(len(world.facts[f].questions))
+                  if world.facts[f].questions[q] not in test_texts]
+    rng.shuffle(train_pool)
+    if test_facts_asked_in_train:
+        # put one other phrasing of every test fact first, so it surely is in train QA
+        tested = {f for f, _ in test_pairs}
+        first = {}
+        for f, q in train_pool:
+            if f in tested and f not in first:
+                first[f] = (f, q)
+        priority = [first[f] for f, _ in test_pairs if f in first]
+        chosen = set(priority)
+        train_pool = priority + [p for p in train_pool if p not in chosen]
+    train_pairs = [train_pool[i % len(train_pool)] for i in range(sizes.num_qa_train)]
+    rng.shuffle(train_pairs)
+    qa_train = _dialogs(train_pairs, world, "qa_train", sizes.max_turns, rng)
+    qa_test = _dialogs(test_pairs, world, "qa_test", min(2, sizes.max_turns), rng)
+    refs = []
+    for d in qa_test:
+        for k, (f, q) in enumerate(d["facts"], 1):
+            fact = world.facts[f]
+            refs.append(dict(id=f"{d['id']}-t{k}", question=fact.questions[q],
+                             answers=list(fact.answers), relation=fact.relation))
+
+    # --- side talk, held out by text ---
+    side = side_talk_sentences(seed)
+    n_side_test = sizes.num_side_talk_test
+    side_test, side_train = side[:n_side_test], side[n_side_test:]
+
+    # --- ASR sentences: statements, questions and side talk; dev/test held out by text ---
+    fact_sentences = {f.statement for f in world.facts} | \
+        {q for f in world.facts for q in f.questions}
+    # side talk is about one sentence in seven of the ASR data, not a third of it
+    pool = sorted(fact_sentences | set(side[:max(1, len(fact_sentences) // 6)]))
+    rng.shuffle(pool)
+    n_dev, n_test = sizes.num_dev, sizes.num_test
+    if n_dev + n_test >= len(pool):
+        raise ValueError("num_dev + num_test leave no sentence for training")
+    asr_test, asr_dev, asr_train_pool = pool[:n_test], pool[n_test:n_test + n_dev], \
+        pool[n_test + n_dev:]
+    asr_train = [asr_train_pool[i % len(asr_train_pool)] for i in range(sizes.num_train)]
+    side_set = set(side)
+
+    def asr_set(name: str, texts: List[str]) -> List[Utterance]:
+        return [_utterance(rng, f"asr_{name}-{i + 1:05d}", t, 2 if t in side_set else 1)
+                for i, t in enumerate(texts)]
+
+    spoken = {"train": asr_set("train", asr_train), "dev": asr_set("dev", asr_dev),
+              "test": asr_set("test", asr_test)}
+    qa_train_utts = [_utterance(rng, f"{d['id']}-t{k}", turn["content"], 1)
+                     for d in qa_train
+                     for k, turn in enumerate((t for t in d["turns"] if t["role"] == "user"), 1)]
+    side_train_utts = [_utterance(rng, f"side_train-{i + 1:05d}", side_train[i % len(side_train)],
+                                  2) for i in range(sizes.num_side_talk_train)]
+    spoken["qa_train"] = qa_train_utts[:sizes.num_spoken_qa_train] + side_train_utts
+    spoken["qa_test"] = [_utterance(rng, r["id"], r["question"], 1) for r in refs] + \
+        [_utterance(rng, f"side_test-{i + 1:05d}", t, 2) for i, t in enumerate(side_test)]
+    return Corpus(world, qa_train, qa_test, refs, side_train, side_test, spoken)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+WORLD_README = """Generated by espnet_freeze_omni.bin.make_synthetic_corpus (seed {seed}).
+world.json            countries, cities, people and every fact (statement, phrasings, answers)
+facts.txt             every fact statement, one a line
+llm_text.txt          facts.txt + every turn of qa_train.jsonl: the small LLM's training text
+qa_train.jsonl        train dialogs {{"id", "turns": [{{"role", "content"}}, ...], "facts"}}
+qa_test.jsonl         test dialogs; no test question text occurs in qa_train.jsonl
+qa_test_refs.jsonl    {{"id": "<dialog>-t<k>", "question", "answers": [aliases]}} per test question
+side_talk_{{train,test}}.txt  speech not addressed to the assistant (disjoint by text)
+utterances_<set>.tsv  utt_id, turn label, voice index, trailing silence, text of data/<set>
+"""
+
+
+def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
+    world_dir = Path(world_dir)
+    world_dir.mkdir(parents=True, exist_ok=True)
+    (world_dir / "world.json").write_text(
+        json.dumps(corpus.world.to_json(), indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8")
+    statements = list(dict.fromkeys(f.statement for f in corpus.world.facts))
+    (world_dir / "facts.txt").write_text("".join(s + "\n" for s in statements),
+                                         encoding="utf-8")
+    # what the small LLM learns from: every statement, then every train dialog turn
+    llm_lines = statements + [t["content"] for d in corpus.qa_train for t in d["turns"]]
+    (world_dir / "llm_text.txt").write_text("".join(s + "\n" for s in llm_lines),
+                                            encoding="utf-8")
+    _write_jsonl(world_dir / "qa_train.jsonl", corpus.qa_train)
+    _write_jsonl(world_dir / "qa_test.jsonl", corpus.qa_test)
+    _write_jsonl(world_dir / "qa_test_refs.jsonl", corpus.qa_test_refs)
+    for name, lines in (("side_talk_train.txt", corpus.side_talk_train),
+                        ("side_talk_test.txt", corpus.side_talk_test)):
+        (world_dir / name).write_text("".join(s + "\n" for s in lines), encoding="utf-8")
+    for name, utts in corpus.spoken.items():
+        with open(world_dir / f"utterances_{name}.tsv", "w", encoding="utf-8") as f:
+            for u in utts:
+                f.write(f"{u.utt_id}\t{u.label}\t{u.voice_index}\t{u.trailing_silence:.2f}\t"
+                        f"{u.text}\n")
+    (world_dir / "README.txt").write_text(WORLD_README.format(seed=corpus.world.seed))
+    return world_dir
+
+
+def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusSizes(),
+                text_only: bool = False, wav_dir: Optional[str | Path] = None,
+                num_workers: int = 2, sample_rate: int = 16000,
+                sets: Optional[Sequence[str]] = None) -> Corpus:
+    """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs."""
+    from espnet_freeze_omni.data.datadir import SpokenTurn, synthesize_turn_datadir
+
+    out_dir = Path(out_dir)
+    corpus = generate_corpus(seed, sizes)
+    write_corpus_texts(corpus, out_dir / "local" / "world")
+    if text_only:
+        return corpus
+    wav_root = Path(wav_dir) if wav_dir else out_dir / "local" / "wav"
+    for name, utts in corpus.spoken.items():
+        if sets is not None and name not in sets:
+            continue
+        if not utts:
+            continue
+        turns = [SpokenTurn(u.utt_id, u.text, u.label, u.voice_index, u.trailing_silence)
+                 for u in utts]
+        synthesize_turn_datadir(turns, out_dir / name, wav_root / name, sample_rate,
+                                num_workers)
+    return corpus

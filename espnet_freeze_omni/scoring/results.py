@@ -1,0 +1,202 @@
+"""Collect every score of a recipe into exp/results.json and an espnet-style RESULTS.md.
+
+Each scorer run leaves one `metric.json` under `<score_root>/<test_set>/<metric>/` (see
+`write_metric`); `write_results` gathers them, so stages can be scored independently and a
+missing decode simply shows as "n/a". Top-level figures in results.json come from the
+primary test set (the first of `test_sets` that has the metric); every test set has its
+own table in RESULTS.md.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+# metric -> (what it is, unit); the order is the order of results.json and RESULTS.md
+METRICS: Dict[str, tuple] = {
+    "asr_wer_ctc": ("ASR word error rate, streaming encoder + CTC head", "WER %"),
+    "asr_wer_llm": ("ASR word error rate, encoder + adapter + frozen LLM", "WER %"),
+    "qa_acc_text_in": ("QA accuracy, text question into the frozen LLM (backbone)", "acc %"),
+    "qa_acc_speech_in": ("QA accuracy, spoken question, text answer", "acc %"),
+    "qa_acc_speech_out": ("QA accuracy, spoken question, spoken answer transcribed by ASR",
+                          "acc %"),
+    "speech_out_cer": ("character error rate of the spoken answers vs their text", "CER %"),
+    "turn_end_f1": ("turn-end detection F1 (respond-now events)", "F1 %"),
+}
+ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")
+QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out")
+
+
+def write_metric(out_dir: str | os.PathLike, metric: str, test_set: str, value: float,
+                 scorer: str, scorer_name: str = "", details: Optional[dict] = None) -> Path:
+    """One figure with its scorer (short id + full description) and details, where
+    `write_results` will find it."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    out = Path(out_dir) / "metric.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(metric=metric, test_set=test_set, value=round(value, 2),
+                                   unit=METRICS[metric][1], scorer=scorer,
+                                   scorer_name=scorer_name or scorer,
+                                   details=details or {}), indent=2, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    return out
+
+
+def collect_metrics(score_root: str | os.PathLike) -> Dict[str, Dict[str, dict]]:
+    """{test_set: {metric: metric.json contents}} for every metric.json under score_root."""
+    found: Dict[str, Dict[str, dict]] = {}
+    for path in sorted(Path(score_root).glob("**/metric.json")):
+        m = json.loads(path.read_text(encoding="utf-8"))
+        m["path"] = str(path)
+        found.setdefault(m["test_set"], {})[m["metric"]] = m
+    return found
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(repo: Path, *args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(repo_dir: Optional[str | os.PathLike] = None) -> dict:
+    repo = Path(repo_dir or Path(__file__).resolve().parents[2])
+    commit = _git(repo, "rev-parse", "HEAD")
+    dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y"),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": _version("torch"),
+        "espnet": _version("espnet"),
+        "transformers": _version("transformers"),
+        "espnet_freeze_omni": _version("espnet_freeze_omni"),
+        "git_commit": (commit or "unknown") + (" (with uncommitted changes)" if dirty else ""),
+        "git_commit_date": _git(repo, "log", "-1", "--format=%cd") or "unknown",
+    }
+
+
+def build_results(found: Dict[str, Dict[str, dict]], test_sets: Sequence[str] = (),
+                  env: Optional[dict] = None) -> dict:
+    order = list(test_sets) + sorted(t for t in found if t not in test_sets)
+    order = [t for t in order if t in found]
+    results: dict = {}
+    for metric in METRICS:
+        results[metric] = None
+        for t in order:
+            if metric in found[t]:
+                results[metric] = found[t][metric]["value"]
+                results[f"{metric}_test_set"] = t
+                break
+    results["modality_gap"] = []
+    for t in order:
+        m = found[t]
+        if "qa_acc_text_in" not in m:
+            continue
+        text_in = m["qa_acc_text_in"]["value"]
+        gap = {"test_set": t, "text_in": text_in}
+        for cond in ("speech_in", "speech_out"):
+            key = f"qa_acc_{cond}"
+            if key in m:
+                gap[cond] = m[key]["value"]
+                gap[f"gap_{cond}"] = round(text_in - m[key]["value"], 2)
+        results["modality_gap"].append(gap)
+    results["scorers"] = {m["scorer"]: m.get("scorer_name", m["scorer"])
+                          for t in found.values() for m in t.values()}
+    results["per_test_set"] = {t: {k: {kk: vv for kk, vv in v.items() if kk != "path"}
+                                   for k, v in found[t].items()} for t in order}
+    results["environment"] = env if env is not None else environment()
+    return results
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def render_markdown(results: dict, title: str = "RESULTS", exp_dir: str = "exp") -> str:
+    env = results["environment"]
+    lines = [f"<!-- Generated by write_results (freeze_omni.sh stage 16); do not edit by hand -->",
+             f"# {title}", "", "## Environments",
+             f"- date: `{env['date']}`",
+             f"- system information: `{env['os']}`",
+             f"- python version: `{env['python']}`",
+             f"- espnet version: `espnet {env['espnet']}`",
+             f"- pytorch version: `pytorch {env['torch']}`",
+             f"- transformers version: `transformers {env['transformers']}`",
+             f"- Git hash: `{env['git_commit']}`",
+             f"  - Commit date: `{env['git_commit_date']}`", "",
+             f"## {exp_dir}", ""]
+    for test_set, metrics in results["per_test_set"].items():
+        lines += [f"### {test_set}", ""]
+        rates = [m for m in ERROR_RATE_METRICS if m in metrics]
+        if rates:
+            lines += ["|metric|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for m in rates:
+                d = metrics[m]["details"]
+                lines.append(
+                    f"|{m} ({metrics[m]['unit']})|{d.get('num_sentences', 'n/a')}|"
+                    f"{d.get('num_tokens', 'n/a')}|{_fmt(d.get('correct'))}|"
+                    f"{_fmt(d.get('substitutions'))}|{_fmt(d.get('deletions'))}|"
+                    f"{_fmt(d.get('insertions'))}|{_fmt(metrics[m]['value'])}|"
+                    f"{_fmt(d.get('sentence_error_rate'))}|")
+            lines.append("")
+        qas = [m for m in QA_METRICS if m in metrics]
+        if qas:
+            lines += ["|metric|items|correct|missing|accuracy %|scorer|", "|---|---|---|---|---|---|"]
+            for m in qas:
+                d = metrics[m]["details"]
+                lines.append(f"|{m}|{d.get('num_items', 'n/a')}|{d.get('num_correct', 'n/a')}|"
+                             f"{d.get('num_missing', 'n/a')}|{_fmt(metrics[m]['value'])}|"
+                             f"{metrics[m]['scorer']}|")
+            lines.append("")
+        if "turn_end_f1" in metrics:
+            d = metrics["turn_end_f1"]["details"]
+            lines += ["|metric|precision|recall|F1|side talk ignored %|mean latency s|window s|",
+                      "|---|---|---|---|---|---|---|",
+                      f"|turn_end_f1|{_fmt(d.get('precision'))}|{_fmt(d.get('recall'))}|"
+                      f"{_fmt(metrics['turn_end_f1']['value'])}|"
+                      f"{_fmt(d.get('not_addressed_ignored'))}|{_fmt(d.get('mean_latency'))}|"
+                      f"-{d.get('early_tolerance')}/+{d.get('late_tolerance')}|", ""]
+    if results["modality_gap"]:
+        lines += ["### modality gap (text-in accuracy minus speech accuracy)", "",
+                  "|test set|text in|speech in|gap|speech out|gap|", "|---|---|---|---|---|---|"]
+        for g in results["modality_gap"]:
+            lines.append(f"|{g['test_set']}|{_fmt(g['text_in'])}|{_fmt(g.get('speech_in'))}|"
+                         f"{_fmt(g.get('gap_speech_in'))}|{_fmt(g.get('speech_out'))}|"
+                         f"{_fmt(g.get('gap_speech_out'))}|")
+        lines.append("")
+    if results["scorers"]:
+        lines += ["Scorers:"] + [f"- `{k}`: {v}" for k, v in sorted(results["scorers"].items())]
+        lines.append("")
+    if not results["per_test_set"]:
+        lines += ["No scores found yet: run the decoding (stage 15) and scoring (stage 16).", ""]
+    return "\n".join(lines)
+
+
+def write_results(score_root: str | os.PathLike, results_json: str | os.PathLike,
+                  results_md: str | os.PathLike, test_sets: Sequence[str] = (),
+                  title: str = "RESULTS", exp_dir: str = "exp",
+                  env: Optional[dict] = None) -> dict:
+    results = build_results(collect_metrics(score_root), test_sets, env)
+    Path(results_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(results_json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                  encoding="utf-8")
+    Path(results_md).write_text(render_markdown(results, title, exp_dir), encoding="utf-8")
+    return results

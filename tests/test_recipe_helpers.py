@@ -1,0 +1,313 @@
+"""Recipe machinery: Kaldi-style helpers, mini AN4 data prep and the stage driver
+(stages 1-6 and 16 run for real on a tiny synthetic corpus in a temporary recipe copy)."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from espnet_freeze_omni.data import datadir as dd
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "egs2" / "TEMPLATE" / "freeze_omni1"
+UTILS = TEMPLATE / "utils"
+TINY_CORPUS = ("--num_train 6 --num_dev 2 --num_test 2 --num_qa_train 10 --num_qa_test 2 "
+               "--num_spoken_qa_train 2 --num_side_talk_train 1 --num_side_talk_test 1 "
+               "--num_people 6 --num_countries 3")
+
+
+def bash(script, cwd, env=None, check=False):
+    proc = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# ----------------------------------------------------------------------- parse_options.sh
+@pytest.fixture
+def options_script(tmp_path):
+    script = tmp_path / "demo.sh"
+    script.write_text(f"""#!/usr/bin/env bash
+set -euo pipefail
+stage=1
+nj=4
+use_gpu=false
+test_sets="a b"
+help_message="usage: demo.sh [options] <args>"
+. {UTILS}/parse_options.sh
+echo "stage=$stage nj=$nj use_gpu=$use_gpu test_sets=$test_sets rest=$*"
+""")
+    return script
+
+
+@pytest.mark.parametrize("args, expected", [
+    ('--stage 3 --nj=8 --use-gpu true --test_sets "x y" pos1 pos2',
+     "stage=3 nj=8 use_gpu=true test_sets=x y rest=pos1 pos2"),
+    ("", "stage=1 nj=4 use_gpu=false test_sets=a b rest="),
+    ("-- --stage", "stage=1 nj=4 use_gpu=false test_sets=a b rest=--stage"),
+    ("--stage=2 --stage 7", "stage=7 nj=4 use_gpu=false test_sets=a b rest="),
+])
+def test_parse_options(options_script, args, expected):
+    out = bash(f"bash {options_script} {args}", options_script.parent, check=True)
+    assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    ("--bogus 1", "unknown option --bogus"),
+    ("--use_gpu yes", "takes true or false"),
+    ("--nj", "needs a value"),
+    ("--config missing.conf", "no such readable file"),
+])
+def test_parse_options_errors(options_script, args, message):
+    proc = bash(f"bash {options_script} {args}", options_script.parent)
+    assert proc.returncode == 1 and message in proc.stderr
+
+
+def test_parse_options_config_and_help(options_script):
+    (options_script.parent / "my.conf").write_text("nj=16\nstage=9\n")
+    out = bash(f"bash {options_script} --config my.conf --stage 5", options_script.parent,
+               check=True)
+    assert out.stdout.startswith("stage=5 nj=16 ")
+    out = bash(f"bash {options_script} --help", options_script.parent, check=True)
+    assert out.stdout.strip() == "usage: demo.sh [options] <args>"
+
+
+# ----------------------------------------------------------------------- run.pl / slurm.pl
+def test_run_pl_job_range_reports_failures(tmp_path):
+    proc = bash(f"{UTILS}/run.pl --gpu 1 --max_jobs_run 2 JOB=1:4 log/x.JOB.log "
+                "'echo job JOB says hi; [ JOB -ne 2 ] && [ JOB -ne 4 ]'", tmp_path)
+    assert proc.returncode == 1
+    assert "job 2 failed with exit code 1, log is in log/x.2.log" in proc.stderr
+    assert "job 4 failed" in proc.stderr and "job 1 failed" not in proc.stderr
+    assert "2 / 4 failed" in proc.stderr
+    log1 = (tmp_path / "log/x.1.log").read_text()
+    assert log1.startswith("# echo job 1 says hi;") and "job 1 says hi\n" in log1
+    assert "# Ended (code 0)" in log1
+    assert "# Ended (code 1)" in (tmp_path / "log/x.4.log").read_text()
+
+
+def test_run_pl_quotes_arguments_and_runs_single_jobs(tmp_path):
+    bash(f"{UTILS}/run.pl JOB=1:2 out/JOB.log printf '%s:' 'a b' \"it's\" JOB", tmp_path,
+         check=True)
+    assert "a b:it's:2:" in (tmp_path / "out/2.log").read_text()
+    bash(f"{UTILS}/run.pl one.log echo JOB stays", tmp_path, check=True)
+    assert "JOB stays" in (tmp_path / "one.log").read_text()
+    proc = bash(f"{UTILS}/run.pl bad.log false", tmp_path)
+    assert proc.returncode == 1 and "job failed with exit code 1, log is in bad.log" in proc.stderr
+    proc = bash(f"{UTILS}/run.pl --num_nodes 2 x.log true", tmp_path)
+    assert proc.returncode == 1 and "slurm.pl" in proc.stderr
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# Stand-in for Slurm's sbatch (no cluster here): records its arguments and runs the array
+# tasks of the batch script one after the other, like `sbatch --wait` would.
+echo "$@" > "$(dirname "$0")/sbatch.args"
+script="${@: -1}"; range=""
+for a in "$@"; do case "$a" in --array=*) range=${a#--array=}; range=${range%%%*} ;; esac; done
+[ -z "$range" ] && { bash "$script"; exit $?; }
+rc=0
+for i in $(seq "${range%-*}" "${range#*-}"); do SLURM_ARRAY_TASK_ID=$i bash "$script" || rc=1; done
+exit $rc
+"""
+
+
+def test_slurm_pl_against_a_stand_in_sbatch(tmp_path):
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(FAKE_SBATCH)
+    (fake / "sbatch").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    proc = bash(f"{UTILS}/slurm.pl --gpu 1 --mem 4G --max_jobs_run 2 JOB=1:3 exp/log/x.JOB.log "
+                "'echo task JOB; [ JOB -ne 2 ]'", tmp_path, env)
+    assert proc.returncode == 1, proc.stderr
+    assert "job 2 failed with exit code 1, log is in exp/log/x.2.log" in proc.stderr
+    assert "1 / 3 failed" in proc.stderr
+    args = (fake / "sbatch.args").read_text()
+    assert "--array=1-3%2" in args and "--gres=gpu:1" in args and "--mem=4G" in args
+    assert "task 3" in (tmp_path / "exp/log/x.3.log").read_text()
+    assert "# Ended (code 0)" in (tmp_path / "exp/log/x.1.log").read_text()
+    proc = bash(f"{UTILS}/slurm.pl x.log true", tmp_path, {"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1 and "no Slurm client" in proc.stderr
+
+
+# ----------------------------------------------------------------------- split_scp.sh
+def test_split_scp(tmp_path):
+    lines = [f"utt{i:02d} /path/{i}.wav\n" for i in range(10)]
+    (tmp_path / "wav.scp").write_text("".join(lines))
+    bash(f"{UTILS}/split_scp.sh wav.scp split/1.scp split/2.scp split/3.scp", tmp_path, check=True)
+    pieces = [(tmp_path / f"split/{n}.scp").read_text() for n in (1, 2, 3)]
+    assert [p.count("\n") for p in pieces] == [3, 3, 4]
+    assert "".join(pieces) == "".join(lines)
+    (tmp_path / "two.scp").write_text("a x\nb y\n")
+    proc = bash(f"{UTILS}/split_scp.sh two.scp 1 2 3", tmp_path)
+    assert proc.returncode == 1 and "cannot split it into 3 pieces" in proc.stderr
+
+
+# ----------------------------------------------------------------------- recipes
+def recipe_copy(tmp_path, name):
+    """egs2/<name>/freeze_omni1 under tmp_path, its links resolving to this repository."""
+    (tmp_path / "egs2").mkdir()
+    (tmp_path / "egs2" / "TEMPLATE").symlink_to(REPO / "egs2" / "TEMPLATE")
+    (tmp_path / "conf").symlink_to(REPO / "conf")
+    shutil.copytree(REPO / "egs2" / name, tmp_path / "egs2" / name, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "dump", "exp", "downloads", "RESULTS.md"))
+    return tmp_path / "egs2" / name / "freeze_omni1"
+
+
+def test_mini_an4_data_prep(tmp_path):
+    recipe = recipe_copy(tmp_path, "mini_an4")
+    bash("bash local/data.sh", recipe, check=True)
+    counts = {s: len(dd.read_kaldi_map(recipe / "data" / s / "text"))
+              for s in ("train", "test", "train_dev")}
+    assert counts == {"train": 5, "test": 2, "train_dev": 1}
+    for s in counts:
+        assert dd.validate_data_dir(recipe / "data" / s, check_audio=True, sample_rate=16000) == []
+    assert dd.read_kaldi_map(recipe / "data/test/text")["mmxg-cen8-mmxg-b"] == \
+        "OCTOBER TWENTY FOUR NINETEEN SEVENTY"
+
+
+def banner(n):
+    """A stage banner line: ISO timestamp, where it was printed, "Stage N: "."""
+    return rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d \(freeze_omni\.sh:\d+:\w+\) Stage {n}: "
+
+
+@pytest.fixture(scope="module")
+def synthetic_recipe(tmp_path_factory):
+    """The synthetic_dialog recipe after stages 1-4, with one transcript broken on purpose."""
+    recipe = recipe_copy(tmp_path_factory.mktemp("recipe"), "synthetic_dialog")
+    (recipe / "local/data.sh").rename(recipe / "local/data_real.sh")
+    (recipe / "local/data.sh").write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\nlocal/data_real.sh \"$@\"\n"
+        "# an empty transcript: stage 1 must report and drop it\n"
+        "sed -i 's/^\\(asr_train-00002\\) .*/\\1/' data/train/text\n")
+    (recipe / "local/data.sh").chmod(0o755)
+    proc = bash(f"./run.sh --stage 1 --stop_stage 4 --local_data_opts '{TINY_CORPUS}'", recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return recipe, proc.stdout
+
+
+def test_driver_stages_1_to_4(synthetic_recipe):
+    recipe, out = synthetic_recipe
+    for n in (1, 2, 3, 4):
+        assert re.search(banner(n), out, re.M), n
+    # stage 1: the broken utterance is reported and dropped, with its reason on file
+    assert "data/train has 1 problem(s)" in out and "kept 5 of 6 utterances" in out
+    assert dd.read_kaldi_map(recipe / "data/train/.backup/dropped.txt") == \
+        {"asr_train-00002": "empty transcript in text line 2"}
+    assert "Speed perturbation: off" in out
+    # stage 3: every set at 16 kHz, training sets at 24 kHz too; stage 4: filtered sets
+    for rate, sets in ((16000, ("train", "dev", "test", "qa_train", "qa_test")),
+                       (24000, ("train", "dev", "qa_train"))):
+        for s in sets:
+            d = recipe / f"dump/raw{rate // 1000}k" / s
+            assert dd.validate_data_dir(d, check_audio=True, sample_rate=rate) == [], d
+            assert (d / "turn_info").is_file() and (d / "utt2num_samples").is_file()
+    assert len(dd.read_kaldi_map(recipe / "dump/raw16k/train/wav.scp")) == 5
+    assert dd.read_kaldi_map(recipe / "dump/raw24k/train/utt2spk") == \
+        dd.read_kaldi_map(recipe / "dump/raw16k/train/utt2spk")
+    assert "kept 5 of 5" in out and "qa_test is a test set: copied whole" in out
+    logs = list((recipe / "exp/log/stage3_dump").glob("*/format_wav.*.log"))
+    assert logs and all("# Ended (code 0)" in p.read_text() for p in logs)
+
+
+def test_driver_skips_complete_stages(synthetic_recipe):
+    recipe, _ = synthetic_recipe
+    proc = bash("./run.sh --stage 1 --stop_stage 4", recipe, check=True)
+    assert "Stage 1: data/{train,dev,qa_train,test,qa_test} complete" in proc.stdout
+    assert proc.stdout.count("complete; skipping") == 8 + 5  # 8 dumps, 5 filtered sets
+
+
+def test_driver_speed_perturbation(synthetic_recipe):
+    recipe, _ = synthetic_recipe
+    proc = bash('./run.sh --stage 2 --stop_stage 4 --speed_perturb_factors "0.9 1.0 1.1"',
+                recipe, check=True)
+    assert re.search(banner(2) + "Speed perturbation of data/train", proc.stdout,
+                     re.M)
+    utts = dd.read_kaldi_map(recipe / "dump/raw16k/train_sp/utt2num_samples")
+    assert len(utts) == 15
+    assert int(utts["sp0.9-asr_train-00001"]) > int(utts["asr_train-00001"]) > \
+        int(utts["sp1.1-asr_train-00001"])
+    assert soundfile.info(dd.read_kaldi_map(recipe / "dump/raw24k/train_sp/wav.scp")
+                          ["sp1.1-asr_train-00003"]).samplerate == 24000
+
+
+def test_driver_llm_link_and_upload_refusal(synthetic_recipe, tmp_path):
+    recipe, _ = synthetic_recipe
+    (tmp_path / "my_llm").mkdir()
+    (tmp_path / "my_llm" / "config.json").write_text("{}")
+    proc = bash(f"./run.sh --stage 5 --stop_stage 5 --llm_path {tmp_path / 'my_llm'}", recipe,
+                check=True)
+    assert (recipe / "exp/llm").resolve() == (tmp_path / "my_llm").resolve()
+    proc = bash(f"./run.sh --stage 5 --stop_stage 5 --llm_path {tmp_path}", recipe)
+    assert proc.returncode == 1 and "no config.json" in proc.stdout
+    proc = bash("./run.sh --stage 18 --stop_stage 18", recipe)
+    assert proc.returncode == 1 and "needs --hf_repo" in proc.stdout
+
+
+def test_driver_says_which_stage_to_run_first(tmp_path):
+    recipe = recipe_copy(tmp_path, "synthetic_dialog")
+    proc = bash("./run.sh --stage 3 --stop_stage 3", recipe)
+    assert proc.returncode == 1
+    assert "Stage 3 needs data/train/wav.scp, which stage 1 makes: run it first " \
+           "(./run.sh --stage 1 --stop_stage 1)" in proc.stdout
+    proc = bash("./run.sh --stage 6 --stop_stage 6", recipe)
+    assert proc.returncode == 1 and "which stage 4 makes" in proc.stdout
+    proc = bash("./run.sh --stage 16 --stop_stage 16", recipe)
+    assert proc.returncode == 1 and "run stage 15 first" in proc.stdout
+    proc = bash("./run.sh --stgae 1", recipe)
+    assert proc.returncode == 1 and "unknown option --stgae" in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("espnet_freeze_omni.bin.speech_input_train") is None,
+                    reason="speech_input_train is not in this checkout yet")
+def test_driver_stage_6_token_list_and_stats(synthetic_recipe):
+    recipe, _ = synthetic_recipe
+    proc = bash("./run.sh --stage 6 --stop_stage 6 --nj 1", recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(
+        p.read_text()[-3000:] for p in (recipe / "exp/log/stage6").glob("*.log"))
+    tokens = (recipe / "exp/token_list/char/tokens.txt").read_text().split("\n")
+    assert tokens[:3] == ["<blank>", "<unk>", "<space>"] and "<sos/eos>" in tokens
+    for split in ("train", "valid"):
+        assert (recipe / f"exp/stats_fbank/{split}/feats_stats.npz").is_file()
+        assert (recipe / f"exp/stats_fbank/{split}/speech_shape").is_file()
+
+
+def test_driver_stage_16_scoring(synthetic_recipe):
+    recipe, _ = synthetic_recipe
+    dec = recipe / "exp/decode"
+    # stand-in decoding outputs (stage 15 is pending integration)
+    ref = dd.read_kaldi_map(recipe / "data/test/text")
+    first = sorted(ref)[0]
+    hyp = {**ref, first: " ".join(ref[first].split()[1:])}  # one deleted word
+    (dec / "test/asr_ctc").mkdir(parents=True)
+    dd.write_kaldi_map(dec / "test/asr_ctc/text", hyp)
+    refs = [json.loads(l) for l in (recipe / "data/local/world/qa_test_refs.jsonl").open()]
+    assert len(refs) == 2
+    for sub, answers in (("text_in", [r["answers"][0] for r in refs]),
+                         ("speech_in", [refs[0]["answers"][0], "I do not know."])):
+        (dec / "qa_test" / sub).mkdir(parents=True)
+        dd.write_kaldi_map(dec / "qa_test" / sub / "text",
+                           {r["id"]: f"It is {a}." for r, a in zip(refs, answers)})
+    turns = dd.read_turn_info(recipe / "data/qa_test/turn_info")
+    (dec / "qa_test/turn").mkdir(parents=True)
+    dd.write_turn_info(dec / "qa_test/turn/turn_info",
+                       {u: (lab, end + 0.3 if lab == 1 else -1) for u, (lab, end) in turns.items()})
+    proc = bash("./run.sh --stage 16 --stop_stage 16", recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(banner(16), proc.stdout, re.M)
+    results = json.loads((recipe / "exp/results.json").read_text())
+    n_words = sum(len(t.split()) for t in ref.values())
+    assert results["asr_wer_ctc"] == pytest.approx(100 / n_words, abs=0.05)  # sclite rounds
+    assert results["qa_acc_text_in"] == 100.0 and results["qa_acc_speech_in"] == 50.0
+    assert results["turn_end_f1"] == 100.0 and results["asr_wer_llm"] is None
+    assert results["modality_gap"][0]["gap_speech_in"] == 50.0
+    assert "answer_containment" in results["scorers"]
+    md = (recipe / "RESULTS.md").read_text()
+    assert "## Environments" in md and "### test" in md and "### qa_test" in md
+    assert (recipe / "exp/scores/test/asr_wer_ctc/result.txt").is_file()  # sclite's report
