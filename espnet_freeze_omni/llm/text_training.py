@@ -1,0 +1,212 @@
+"""Teach a small LLM a world of facts before it is frozen (the embedded CPU recipe).
+
+Freeze-Omni needs an LLM that can already answer questions in text; the paper uses
+Qwen2-7B-Instruct. The CPU-sized recipe cannot run one, so it fine-tunes a tiny LLM
+(`espnet_freeze_omni.llm.tiny`) on multi-turn text dialogs about a generated world until
+it knows the answers, then freezes it for everything downstream.
+
+Full fine-tuning with AdamW; the loss covers the assistant tokens only (answer + its
+end-of-turn token), formatted by the same ChatTemplate the speech model uses. The model is
+saved with `save_pretrained` to `out_dir` at the end, and every `save_every` steps together
+with `text_training_state.pt` (optimizer, schedule, step), from which `resume=True` goes on.
+"""
+
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from espnet_freeze_omni.llm.chat_template import ChatTemplate
+from espnet_freeze_omni.llm.dialogs import Dialog, check_dialog
+
+IGNORE_ID = -100
+STATE_FILE = "text_training_state.pt"
+
+
+def encode_dialog(
+    template: ChatTemplate,
+    dialog: Dialog,
+    max_len: Optional[int] = None,
+) -> Tuple[List[int], List[int]]:
+    """Token ids of a whole dialog and labels that are IGNORE_ID except on answers.
+
+    Built turn by turn exactly as the streaming model extends its K/V cache:
+    prefix, question, suffix, answer + end of turn, next-turn opening, question, ...
+    """
+    check_dialog(dialog)
+    ids = template.prefix_ids(system_prompt=dialog.get("system"))
+    labels = [IGNORE_ID] * len(ids)
+    turns = dialog["turns"]
+    for k in range(0, len(turns), 2):
+        if k:
+            ids += template.next_turn_ids()
+        prompt = template.question_ids(turns[k]["content"]) + template.suffix_ids()
+        ids += prompt
+        labels += [IGNORE_ID] * (len(ids) - len(labels))
+        if k + 1 < len(turns):
+            answer = template.answer_ids(turns[k + 1]["content"])
+            ids += answer
+            labels += answer
+    if max_len is not None:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
+
+
+def _collate(examples: Sequence[Tuple[List[int], List[int]]], pad_id: int):
+    """Right-padded (ids, attention_mask, labels) tensors."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_ID, dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids, mask, labels
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save(model, tokenizer, out_dir: Path, optimizer, scheduler, step: int, losses: List[float],
+          generator: torch.Generator, order: List[int]) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # Written last: a state file always matches the model next to it.
+    tmp = out_dir / (STATE_FILE + ".tmp")
+    torch.save(
+        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "losses": losses, "generator": generator.get_state(), "order": order},
+        tmp,
+    )
+    tmp.replace(out_dir / STATE_FILE)
+
+
+def train_text_llm(
+    llm_dir,
+    dialogs: Sequence[Dialog],
+    out_dir,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    warmup_steps: Optional[int] = None,
+    weight_decay: float = 0.01,
+    grad_clip: float = 1.0,
+    max_len: int = 512,
+    seed: int = 0,
+    save_every: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+) -> Dict[str, object]:
+    """Fine-tune the causal LM in `llm_dir` on `dialogs`; save it to `out_dir`.
+
+    With `resume=True` and a state file in `out_dir`, training goes on from the saved
+    model, optimizer and step up to `steps`. Returns {"losses": per-step losses,
+    "step": last step, "out_dir": Path, "seconds": wall time}.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    resuming = resume and state_path.is_file()
+    src = out_dir if resuming else Path(llm_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"LLM directory not found: {src}")
+    if not dialogs:
+        raise ValueError("train_text_llm: no dialogs to train on")
+
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=torch.float32)
+    model.train()
+    template = ChatTemplate(tokenizer)
+    examples = []
+    for k, dialog in enumerate(dialogs):
+        try:
+            examples.append(encode_dialog(template, dialog, max_len))
+        except ValueError as e:
+            raise ValueError(f"dialog {k}: {e}") from None
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = template.end_of_turn_ids[0]
+
+    # Decay only matrices: norms and biases stay put (the usual AdamW recipe).
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98),
+    )
+    warmup = min(100, max(1, steps // 10)) if warmup_steps is None else max(1, warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    generator = torch.Generator().manual_seed(seed)
+    step, losses, order = 0, [], []
+    if resuming:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        step, losses, order = int(state["step"]), list(state["losses"]), list(state["order"])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=min(step, steps), desc="text LLM", unit="step")
+    start = time.time()
+    while step < steps:
+        # Shuffled passes over the data; saving the generator and the rest of the current
+        # pass makes a resumed run draw exactly the batches an uninterrupted one would.
+        if len(order) < batch_size:
+            order += torch.randperm(len(examples), generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        ids, mask, labels = _collate([examples[i] for i in batch], pad_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(loss.item())
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
+        if save_every and step % save_every == 0 and step < steps:
+            _save(model, tokenizer, out_dir, optimizer, scheduler, step, losses, generator, order)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    _save(model, tokenizer, out_dir, optimizer, scheduler, step, losses, generator, order)
+    return {"losses": losses, "step": step, "out_dir": out_dir, "seconds": time.time() - start}
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no trailing punctuation: for exact-match checks."""
+    return " ".join(text.lower().split()).rstrip(".!?")
+
+
+def first_turn_match_rate(llm, template: ChatTemplate, dialogs: Sequence[Dialog],
+                          batch_size: int = 8, max_new_tokens: int = 64) -> float:
+    """Share of dialogs whose first answer the LLM reproduces greedily (normalized)."""
+    from espnet_freeze_omni.llm.generation import generate_answers
+
+    firsts = [dict(d, turns=d["turns"][:1]) for d in dialogs if len(d["turns"]) > 1]
+    if not firsts:
+        return 0.0
+    answered = generate_answers(llm, template, firsts, batch_size, max_new_tokens)
+    hits = sum(
+        normalize_answer(a["turns"][1]["content"]) == normalize_answer(d["turns"][1]["content"])
+        for a, d in zip(answered, (d for d in dialogs if len(d["turns"]) > 1))
+    )
+    return hits / len(firsts)
