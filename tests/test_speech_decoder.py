@@ -1,0 +1,193 @@
+"""SpeechDecoder and synthesis: sizes, the one NAR/AR mask, prefix, K/V cache, sampling."""
+import numpy as np
+import pytest
+import torch
+
+from espnet_freeze_omni.inference.speech_synthesis import (
+    generate_codec_tokens,
+    sample_codec_token,
+)
+from espnet_freeze_omni.speech_decoder.decoder import (
+    SpeechDecoder,
+    build_decoder_attention_mask,
+)
+
+TINY = dict(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=2,
+            num_pre_layers=1, dropout_rate=0.0)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two contending ones on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def tiny_decoder(use_prefix=False, seed=0, llm_hidden_size=64):
+    torch.manual_seed(seed)
+    return SpeechDecoder(llm_hidden_size=llm_hidden_size, use_prefix=use_prefix, **TINY).eval()
+
+
+def test_paper_size_on_meta_device():
+    with torch.device("meta"):
+        dec = SpeechDecoder(llm_hidden_size=3584, use_prefix=True)
+    n = sum(p.numel() for p in dec.parameters())
+    assert 160e6 < n < 170e6, n  # ~165M: 2 pre + 4 shared + 4 prefix layers of 896
+    assert dec.frames_per_llm_vector == 4
+    assert dec.num_embeddings == 1028
+    assert (dec.bos_id, dec.sos_id, dec.eos_id, dec.pad_id) == (1024, 1025, 1026, 1027)
+    assert len(dec.layers) == 4 and len(dec.layers_pre_nn) == 2 and len(dec.layers_prefix) == 4
+    cfg = dec.layers[0].self_attn.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (896, 14, 4864)
+    assert cfg.attention_dropout == 0.1
+    # Names as in the authors' release (importing their checkpoint is a renaming).
+    names = set(dec.state_dict())
+    for name in ("embedding.weight", "norm.weight", "out_fnn.weight", "out_fnn.bias",
+                 "layers.0.self_attn.q_proj.weight", "layers_pre_nn.1.mlp.gate_proj.weight",
+                 "layers_prefix.3.post_attention_layernorm.weight"):
+        assert name in names
+
+
+def test_llm_hidden_not_multiple_of_decoder_hidden_names_both():
+    with pytest.raises(ValueError, match=r"3500.*896"):
+        SpeechDecoder(llm_hidden_size=3500, hidden_size=896)
+    dec = tiny_decoder()
+    with pytest.raises(ValueError, match="64.*48"):
+        dec.llm_to_frames(torch.zeros(1, 3, 48), torch.tensor([3]))
+
+
+def test_llm_vector_becomes_r_decoder_frames():
+    dec = tiny_decoder()
+    x = torch.arange(2 * 3 * 64, dtype=torch.float32).view(2, 3, 64)
+    frames, lens = dec.llm_to_frames(x, torch.tensor([3, 1]))
+    assert frames.shape == (2, 6, 32) and lens.tolist() == [6, 2]
+    assert torch.equal(frames[0, 1], x[0, 0, 32:]) and torch.equal(frames[0, 2], x[0, 1, :32])
+
+
+def test_one_mask_bidirectional_text_causal_codec():
+    m = build_decoder_attention_mask(
+        text_lens=torch.tensor([2]), text_max=3, codec_lens=torch.tensor([3]), codec_max=3,
+        prefix_lens=torch.tensor([1]), prefix_max=2,
+    )[0, 0] == 0
+    # keys: p0 p1(pad) | t0 t1 t2(pad) | c0 c1 c2
+    expect = torch.tensor([
+        [1, 0, 1, 1, 0, 0, 0, 0],  # t0: prefix + all valid text, no codec
+        [1, 0, 1, 1, 0, 0, 0, 0],  # t1
+        [0, 0, 0, 0, 1, 0, 0, 0],  # t2 is padding: sees only itself
+        [1, 0, 1, 1, 0, 1, 0, 0],  # c0: prefix + text + itself
+        [1, 0, 1, 1, 0, 1, 1, 0],  # c1: causal
+        [1, 0, 1, 1, 0, 1, 1, 1],  # c2
+    ], dtype=torch.bool)
+    assert torch.equal(m, expect)
+
+
+def test_text_is_seen_bidirectionally_and_codec_causally():
+    dec = tiny_decoder()
+    text = torch.randn(1, 4, 64)
+    codec = torch.randint(0, 1024, (1, 6))
+    lens_t, lens_c = torch.tensor([4]), torch.tensor([6])
+    logits, _ = dec(text, lens_t, codec, lens_c)
+    text2 = text.clone()
+    text2[0, -1] += 1.0  # the LAST text token changes the FIRST codec prediction (NAR)
+    logits2, _ = dec(text2, lens_t, codec, lens_c)
+    assert not torch.allclose(logits[0, 0], logits2[0, 0])
+    codec2 = codec.clone()
+    codec2[0, 4] = (codec[0, 4] + 1) % 1024  # a later code never changes earlier outputs (AR)
+    logits3, _ = dec(text, lens_t, codec2, lens_c)
+    assert torch.allclose(logits[0, :5], logits3[0, :5], atol=1e-6)
+    assert not torch.allclose(logits[0, 5], logits3[0, 5])
+
+
+def test_padded_batch_equals_single_utterances():
+    dec = tiny_decoder(use_prefix=True)
+    text = torch.randn(2, 5, 64)
+    codec = torch.randint(0, 1024, (2, 7))
+    prefix = torch.randn(2, 6, 64)
+    tl, cl, pl = torch.tensor([5, 3]), torch.tensor([4, 7]), torch.tensor([6, 2])
+    logits, target = dec(text, tl, codec, cl, prefix, pl)
+    assert logits.shape == (2, 8, 1028)
+    assert target[0].tolist() == codec[0, :4].tolist() + [dec.eos_id] + [dec.pad_id] * 3
+    assert target[1].tolist() == codec[1].tolist() + [dec.eos_id]
+    one, _ = dec(text[:1], tl[:1], codec[:1, :4], cl[:1], prefix[:1], pl[:1])
+    two, _ = dec(text[1:, :3], tl[1:], codec[1:], cl[1:], prefix[1:, :2], pl[1:])
+    assert torch.allclose(one, logits[:1, :5], atol=1e-5)
+    assert torch.allclose(two, logits[1:], atol=1e-5)
+
+
+def test_prefix_changes_the_output():
+    dec = tiny_decoder(use_prefix=True)
+    text = torch.randn(1, 4, 64)
+    codec = torch.randint(0, 1024, (1, 5))
+    lens = (torch.tensor([4]), torch.tensor([5]))
+    a, _ = dec(text, lens[0], codec, lens[1], torch.randn(1, 4, 64), torch.tensor([4]))
+    b, _ = dec(text, lens[0], codec, lens[1], torch.randn(1, 4, 64), torch.tensor([4]))
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="prefix"):
+        dec(text, lens[0], codec, lens[1])
+
+
+@pytest.mark.parametrize("use_prefix", [False, True])
+def test_cached_greedy_decode_equals_uncached(use_prefix):
+    dec = tiny_decoder(use_prefix=use_prefix, seed=1)
+    text = torch.randn(1, 5, 64)
+    prefix = torch.randn(1, 5, 64) if use_prefix else None
+    kw = dict(top_k=1, max_tokens=40, min_tokens=40)
+    cached = list(generate_codec_tokens(dec, text, prefix, use_cache=True, **kw))
+    uncached = list(generate_codec_tokens(dec, text, prefix, use_cache=False, **kw))
+    assert len(cached) == 40
+    assert cached == uncached
+    # logits too, not only the argmax
+    logits, cache, pos = dec.prefill(text, prefix)
+    for t in cached[:5]:
+        logits = dec.step(torch.tensor([[t]]), pos, cache)
+        pos += 1
+    ref = dec.logits_uncached(text, torch.tensor(cached[:5]), prefix)
+    assert torch.allclose(logits, ref, atol=1e-5)
+
+
+def test_top_k_sampling_eos_and_max_tokens():
+    dec = tiny_decoder()
+    logits = torch.full((1, dec.num_embeddings), -10.0)
+    logits[0, [dec.bos_id, dec.sos_id, dec.pad_id]] = 100.0  # never produced
+    logits[0, 7], logits[0, 9], logits[0, 3] = 5.0, 4.9, 1.0
+    gen = torch.Generator().manual_seed(0)
+    picks = {sample_codec_token(logits, dec, top_k=2, generator=gen) for _ in range(200)}
+    assert picks == {7, 9}
+    assert sample_codec_token(logits, dec, top_k=1) == 7
+    logits[0, dec.eos_id] = 50.0
+    assert sample_codec_token(logits, dec, top_k=1) == dec.eos_id
+    assert sample_codec_token(logits, dec, top_k=1, allow_eos=False) == 7
+
+    # EOS stops generation (and is not yielded); max_tokens bounds it.
+    with torch.no_grad():
+        dec.out_fnn.bias[dec.eos_id] = 1e4
+    assert list(generate_codec_tokens(dec, torch.randn(1, 3, 64), top_k=2)) == []
+    out = list(generate_codec_tokens(dec, torch.randn(1, 3, 64), top_k=2, min_tokens=3))
+    assert len(out) == 3
+    with torch.no_grad():
+        dec.out_fnn.bias[dec.eos_id] = -1e4
+    out = list(generate_codec_tokens(dec, torch.randn(1, 3, 64), top_k=3, max_tokens=25))
+    assert len(out) == 25 and all(0 <= t < 1024 for t in out)
+
+
+def test_tokens_stream_into_pcm_packets():
+    from espnet_freeze_omni.codec.abs_codec import AbsCodec
+    from espnet_freeze_omni.inference.speech_synthesis import stream_pcm
+
+    class ToneCodec(AbsCodec):  # 40 Hz tokens, 24 kHz, a tone per code
+        def _encode(self, wav):
+            return np.zeros(len(wav) // 600, dtype=np.int64)
+
+        def _decode(self, tokens):
+            t = np.arange(600) / 24000.0
+            return np.concatenate([np.sin(2 * np.pi * (100 + k) * t) for k in tokens]) * 0.1
+
+    dec = tiny_decoder()
+    tokens = generate_codec_tokens(dec, torch.randn(1, 4, 64), top_k=2, max_tokens=100,
+                                   min_tokens=100, generator=torch.Generator().manual_seed(0))
+    packets = list(stream_pcm(ToneCodec(), tokens))
+    assert len(packets) >= 2 and all(p.dtype == np.float32 for p in packets)
+    total = sum(len(p) for p in packets)
+    assert abs(total - 100 * 600) <= 600  # the whole segment comes out, spliced
