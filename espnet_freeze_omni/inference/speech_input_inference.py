@@ -97,9 +97,15 @@ class SpeechInputInference:
         return self.tokens_to_text(self.model.ctc_greedy_decode(*self._batch(wav))[0])
 
     @torch.no_grad()
-    def llm_generate(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None) -> str:
+    def llm_transcribe(self, wav: np.ndarray) -> str:
+        """ASR through the frozen LLM (stage-2 task embeddings, also kept by stage 3)."""
+        return self.llm_generate(wav, task="asr")
+
+    @torch.no_grad()
+    def llm_generate(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None,
+                     task: str = "default") -> str:
         """The frozen LLM's greedy reply to the audio: the transcript for a stage-2 model,
-        the answer for a stage-3 model."""
+        the answer for a stage-3 model (or the transcript with task="asr")."""
         if self.template is None:
             raise ValueError("this model has no LLM (stage 1): use ctc_transcribe")
         model = self.model
@@ -109,7 +115,7 @@ class SpeechInputInference:
         empty = self._ids([])
         inputs, _, _, _ = model.assemble(
             prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
-            suffix, torch.tensor([suffix.size(1)]), empty, torch.tensor([0]))
+            suffix, torch.tensor([suffix.size(1)]), empty, torch.tensor([0]), task=task)
         ids = greedy_continue(model.llm, inputs, self.max_new_tokens)
         return model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
@@ -124,7 +130,7 @@ class SpeechInputInference:
             feats, _ = model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
         llm = model.llm
         prefix = llm.embed_tokens(self._ids(self.template.prefix_ids(history)))
-        before = model._before_audio(1, self.device).to(prefix.dtype)
+        before = model.before_audio(1, self.device).to(prefix.dtype)
         cache = llm.prefill(torch.cat([prefix, before], dim=1)).past_key_values
 
         enc_state = model.encoder.init_streaming_state(1)

@@ -189,8 +189,11 @@ class LLMASRModel(EncoderCTCModel):
         emb, emb_lengths = self.adapter(enc, enc_lengths)
         return emb, emb_lengths, enc, enc_lengths
 
-    def _before_audio(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Trainable vectors placed between the chat prefix and the audio."""
+    def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
+        """Trainable vectors placed between the chat prefix and the audio.
+
+        `task="asr"` always selects the stage-2 task embeddings, so a stage-3 model (which
+        keeps them, frozen) still transcribes through the LLM."""
         ids = torch.arange(self.task_embeddings.num_embeddings, device=device)
         return self.task_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
 
@@ -200,6 +203,7 @@ class LLMASRModel(EncoderCTCModel):
         audio: torch.Tensor, audio_lengths: torch.Tensor,
         suffix: torch.Tensor, suffix_lengths: torch.Tensor,
         target: torch.Tensor, target_lengths: torch.Tensor,
+        task: str = "default",
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Concatenate each item's pieces without inner padding, then right-pad the batch.
 
@@ -210,7 +214,7 @@ class LLMASRModel(EncoderCTCModel):
         llm = self.llm
         device = audio.device
         batch = audio.size(0)
-        learned = self._before_audio(batch, device).to(audio.dtype)
+        learned = self.before_audio(batch, device, task).to(audio.dtype)
         pieces, label_rows, audio_start = [], [], []
         for b in range(batch):
             p_ids = prefix[b, : prefix_lengths[b]]
@@ -338,7 +342,9 @@ class SpokenDialogModel(LLMASRModel):
         self.turn_end_delay = turn_end_delay
         self.frame_shift = frame_shift
 
-    def _before_audio(self, batch_size: int, device: torch.device) -> torch.Tensor:
+    def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
+        if task == "asr":
+            return super().before_audio(batch_size, device, task)
         ids = torch.arange(self.prompt_embeddings.num_embeddings, device=device)
         return self.prompt_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
 
