@@ -8,15 +8,26 @@ turn of dialog D is utterance `D-t<k>` (the ids qa_test_refs.jsonl uses too).
     local/dialog_turns.py speak --dialogs qa_train.jsonl --out dump/raw16k/qa_train \
         [--wav_dir DIR] [--sample_rate 16000] [--nj 2] [--seed 0]
 
-    # the assistant's answer to each user turn, as a Kaldi text file
-    local/dialog_turns.py answers --dialogs qa_train.regenerated.jsonl --out dir/answer
+    # stage-3 targets for every utterance of a data dir: `answer` (the assistant's answer,
+    # `<none>` for speech not addressed to it) and `history` (JSON of the earlier turns,
+    # with the regenerated answers); every --valid_every-th dialog goes to <dir>_valid,
+    # the rest to <dir>_train
+    local/dialog_turns.py targets --dialogs qa_train.regenerated.jsonl --data_dir DIR \
+        [--valid_every 20]
 """
 import argparse
 import json
 import random
 from pathlib import Path
 
-from espnet_freeze_omni.data.datadir import SpokenTurn, synthesize_turn_datadir, write_kaldi_map
+from espnet_freeze_omni.data.datadir import (
+    NO_ANSWER,
+    SpokenTurn,
+    read_kaldi_map,
+    subset_data_dir,
+    synthesize_turn_datadir,
+    write_kaldi_map,
+)
 
 
 def read_dialogs(path):
@@ -47,12 +58,30 @@ def speak(args):
     print(f"spoke {len(turns)} user turns of {args.dialogs} into {out}")
 
 
-def answers(args):
-    table = {utt: answer for d in read_dialogs(args.dialogs)
-             for utt, _, answer in user_turns(d) if answer is not None}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_kaldi_map(args.out, {k: " ".join(v.split()) for k, v in table.items()})
-    print(f"wrote {len(table)} answers to {args.out}")
+def targets(args):
+    data_dir = Path(args.data_dir)
+    answer, history, dialog_of = {}, {}, {}
+    for d in read_dialogs(args.dialogs):
+        past = []
+        for utt, question, reply in user_turns(d):
+            answer[utt] = " ".join(reply.split()) if reply else NO_ANSWER
+            history[utt] = json.dumps(past, ensure_ascii=False)
+            dialog_of[utt] = d["id"]
+            past = past + [{"role": "user", "content": question},
+                           {"role": "assistant", "content": reply or ""}]
+    utts = list(read_kaldi_map(data_dir / "utt2spk"))
+    not_in_dialogs = [u for u in utts if u not in answer]  # side talk: nothing to answer
+    write_kaldi_map(data_dir / "answer", {u: answer.get(u, NO_ANSWER) for u in utts})
+    write_kaldi_map(data_dir / "history", {u: history.get(u, "[]") for u in utts})
+    dialogs = sorted({dialog_of.get(u, u) for u in utts})
+    valid_dialogs = set(dialogs[::args.valid_every]) if args.valid_every > 0 else set()
+    valid = [u for u in utts if dialog_of.get(u, u) in valid_dialogs]
+    subset_data_dir(data_dir, f"{data_dir}_valid", valid)
+    subset_data_dir(data_dir, f"{data_dir}_train", sorted(set(utts) - set(valid)))
+    print(f"{data_dir}: answers and histories for {len(utts)} utterances "
+          f"({len(not_in_dialogs)} not addressed to the assistant: answer {NO_ANSWER}); "
+          f"{len(valid)} utterances of {len(valid_dialogs)} dialogs -> {data_dir}_valid, "
+          f"{len(utts) - len(valid)} -> {data_dir}_train")
 
 
 parser = argparse.ArgumentParser(description=__doc__,
@@ -66,10 +95,11 @@ p.add_argument("--sample_rate", type=int, default=16000)
 p.add_argument("--nj", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 p.set_defaults(func=speak)
-p = sub.add_parser("answers")
+p = sub.add_parser("targets")
 p.add_argument("--dialogs", required=True)
-p.add_argument("--out", required=True)
-p.set_defaults(func=answers)
+p.add_argument("--data_dir", required=True)
+p.add_argument("--valid_every", type=int, default=20)
+p.set_defaults(func=targets)
 
 if __name__ == "__main__":
     args = parser.parse_args()

@@ -36,10 +36,13 @@ UTT_TABLES: Dict[str, Optional[int]] = {
     "utt2spk": 1,
     "segments": 3,
     "turn_info": 2,
+    "answer": None,   # stage-3 target: the frozen LLM's own answer (<none>: stay silent)
+    "history": None,  # stage-3 context: JSON list of the dialog's earlier turns
     "utt2num_samples": 1,
     "utt2dur": 1,
 }
 REQUIRED = ("wav.scp", "text", "utt2spk")
+NO_ANSWER = "<none>"  # the `answer` of speech not addressed to the assistant: stay silent
 TURN_LABELS = {0: "keep listening", 1: "addressed (respond after the end)", 2: "not addressed"}
 
 

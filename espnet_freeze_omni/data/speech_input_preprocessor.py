@@ -20,11 +20,9 @@ import numpy as np
 
 from espnet2.train.preprocessor import CommonPreprocessor
 
+from espnet_freeze_omni.data.datadir import NO_ANSWER
 from espnet_freeze_omni.llm.chat_template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
 from espnet_freeze_omni.llm.frozen_llm import load_llm_tokenizer
-
-NO_ANSWER = ("", "<none>")  # speech not addressed to the assistant has nothing to answer
-
 
 class SpeechInputPreprocessor(CommonPreprocessor):
     def __init__(
@@ -53,7 +51,7 @@ class SpeechInputPreprocessor(CommonPreprocessor):
         if self.template is not None:
             if answer is not None:
                 target = answer.strip()
-                target_ids = [] if target in NO_ANSWER else self.template.answer_ids(target)
+                target_ids = [] if target in ("", NO_ANSWER) else self.template.answer_ids(target)
             elif isinstance(transcript, str):
                 target_ids = self.template.answer_ids(transcript.strip())
             else:

@@ -84,6 +84,7 @@ llm_build_opts=""       # passed to local/build_llm.sh when --llm_path is empty
 speech_input_stage1_config=conf/speech_input_stage1.yaml
 speech_input_stage2_config=conf/speech_input_stage2.yaml
 speech_input_stage3_config=conf/speech_input_stage3.yaml
+codec_type=gan_codec    # gan_codec (espnet's task, --codec_config) or embedded (small k-means codec)
 codec_config=conf/codec.yaml
 speech_output_stage2_config=conf/speech_output_stage2.yaml
 speech_output_stage3_config=conf/speech_output_stage3.yaml
@@ -429,7 +430,7 @@ train_speech_input_stage2() {
     launch_training "${out}" espnet_freeze_omni.bin.speech_input_train \
         --config "${speech_input_stage2_config}" --token_list "${token_list}" \
         --llm_conf path="${llm_dir}" "${normalize_args[@]}" \
-        --init_param "${prev}/valid.loss.best.pth:encoder:encoder" \
+        --init_param "${prev}/valid.loss.best.pth" \
         --train_data_path_and_name_and_type "${data_feats16}/${train_set}/wav.scp,speech,sound" \
         --train_data_path_and_name_and_type "${data_feats16}/${train_set}/text,text,text" \
         --valid_data_path_and_name_and_type "${data_feats16}/${valid_set}/wav.scp,speech,sound" \
@@ -460,63 +461,93 @@ prepare_qa_data() {
     else
         log "Stage 9: ${data_feats16}/${qa_train_set} is already spoken (stages 1-4); no synthesis"
     fi
-    # side-talk utterances (turn label 2) have no answer line: the stage-10 data loader has to
-    # treat a missing answer as "stay silent" (to settle at integration)
-    ${python} "${MAIN_ROOT}/local/dialog_turns.py" answers \
-        --dialogs "${out}/qa_train.regenerated.jsonl" --out "${data_feats16}/${qa_train_set}/answer"
+    # every utterance gets its target (`<none>` for side talk) and its dialog history; a few
+    # dialogs are held out as the stage-10 validation set
+    ${python} "${MAIN_ROOT}/local/dialog_turns.py" targets \
+        --dialogs "${out}/qa_train.regenerated.jsonl" --data_dir "${data_feats16}/${qa_train_set}"
 }
 
 # Stage 10: spoken multi-turn QA; encoder/adapter frozen, prompt embeddings + state head.
 train_speech_input_stage3() {
-    local out prev; out=$(speech_input_exp 3); prev=$(speech_input_exp 2)
+    local out prev tr cv split name; out=$(speech_input_exp 3); prev=$(speech_input_exp 2)
+    tr=${data_feats16}/${qa_train_set}_train; cv=${data_feats16}/${qa_train_set}_valid
     need "${prev}/valid.loss.best.pth" 8 10
-    need "${data_feats16}/${qa_train_set}/answer" 9 10
+    need "${tr}/answer" 9 10
+    local data_args=()
+    for split in train valid; do
+        local d=${tr}; [ "${split}" = valid ] && d=${cv}
+        data_args+=(--${split}_data_path_and_name_and_type "${d}/wav.scp,speech,sound"
+                    --${split}_shape_file "${d}/utt2num_samples")
+        for name in text answer history turn_info; do
+            data_args+=(--${split}_data_path_and_name_and_type "${d}/${name},${name},text")
+        done
+    done
     launch_training "${out}" espnet_freeze_omni.bin.speech_input_train \
         --config "${speech_input_stage3_config}" --token_list "${token_list}" \
         --llm_conf path="${llm_dir}" "${normalize_args[@]}" \
-        --init_param "${prev}/valid.loss.best.pth" \
-        --train_data_path_and_name_and_type "${data_feats16}/${qa_train_set}/wav.scp,speech,sound" \
-        --train_data_path_and_name_and_type "${data_feats16}/${qa_train_set}/text,text,text" \
-        --train_data_path_and_name_and_type "${data_feats16}/${qa_train_set}/answer,answer,text" \
-        --train_data_path_and_name_and_type "${data_feats16}/${qa_train_set}/turn_info,turn_info,text" \
-        --valid_data_path_and_name_and_type "${data_feats16}/${valid_set}/wav.scp,speech,sound" \
-        --valid_data_path_and_name_and_type "${data_feats16}/${valid_set}/text,text,text" \
+        --init_param "${prev}/valid.loss.best.pth" "${data_args[@]}" \
         ${speech_input_args}
 }
 
-# Stage 11: the codec (espnet gan_codec: soundstream, one 1024-code book, 40 Hz at 24 kHz).
+# Stage 11: the codec. --codec_type gan_codec trains espnet's own gan_codec task (soundstream,
+# one 1024-code book, 40 Hz at 24 kHz; --codec_config); --codec_type embedded trains the
+# project's small k-means codec (same token rate and vocabulary) in a few CPU minutes.
+# Either way ${codec_exp}/codec_conf.yaml is what every later stage loads (load_codec).
 train_codec() {
     need "${data_feats24}/${train_set}/.done" 4 11
-    ${python} -m espnet2.bin.gan_codec_train --collect_stats true --config "${codec_config}" \
-        --train_data_path_and_name_and_type "${data_feats24}/${train_set}/wav.scp,audio,sound" \
-        --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/wav.scp,audio,sound" \
-        --train_shape_file "${data_feats24}/${train_set}/wav.scp" \
-        --valid_shape_file "${data_feats24}/${valid_set}/wav.scp" \
-        --output_dir "${codec_exp}/stats" ${codec_args}
-    launch_training "${codec_exp}" espnet2.bin.gan_codec_train --config "${codec_config}" \
-        --train_data_path_and_name_and_type "${data_feats24}/${train_set}/wav.scp,audio,sound" \
-        --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/wav.scp,audio,sound" \
-        --train_shape_file "${codec_exp}/stats/train/audio_shape" \
-        --valid_shape_file "${codec_exp}/stats/valid/audio_shape" \
-        ${codec_args}
+    if done_already "${codec_exp}/codec_conf.yaml"; then
+        log "Stage 11: ${codec_exp}/codec_conf.yaml exists; skipping"; return 0
+    fi
+    mkdir -p "${codec_exp}"
+    if [ "${codec_type}" = embedded ]; then
+        # shellcheck disable=SC2086
+        ${python} -m espnet_freeze_omni.bin.train_embedded_codec \
+            --wav_scp "${data_feats24}/${train_set}/wav.scp" --out_dir "${codec_exp}" ${codec_args} \
+            2>&1 | tee "${logdir}/stage11_codec.log"
+        printf 'type: embedded\npath: %s\n' "$(cd "${codec_exp}" && pwd)" > "${codec_exp}/codec_conf.yaml"
+    else
+        # shellcheck disable=SC2086
+        ${python} -m espnet2.bin.gan_codec_train --collect_stats true --config "${codec_config}" \
+            --train_data_path_and_name_and_type "${data_feats24}/${train_set}/wav.scp,audio,sound" \
+            --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/wav.scp,audio,sound" \
+            --train_shape_file "${data_feats24}/${train_set}/wav.scp" \
+            --valid_shape_file "${data_feats24}/${valid_set}/wav.scp" \
+            --output_dir "${codec_exp}/stats" ${codec_args} > "${logdir}/stage11_codec_stats.log" 2>&1
+        # shellcheck disable=SC2086
+        launch_training "${codec_exp}" espnet2.bin.gan_codec_train --config "${codec_config}" \
+            --train_data_path_and_name_and_type "${data_feats24}/${train_set}/wav.scp,audio,sound" \
+            --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/wav.scp,audio,sound" \
+            --train_shape_file "${codec_exp}/stats/train/audio_shape" \
+            --valid_shape_file "${codec_exp}/stats/valid/audio_shape" \
+            ${codec_args}
+        need "${codec_exp}/valid.total_count.best.pth" 11 11
+        printf 'type: espnet_gan_codec\ntrain_config: %s\nmodel_file: %s\n' \
+            "$(cd "${codec_exp}" && pwd)/config.yaml" \
+            "$(cd "${codec_exp}" && pwd)/valid.total_count.best.pth" > "${codec_exp}/codec_conf.yaml"
+    fi
+    log "Stage 11: ${codec_exp}/codec_conf.yaml written (${codec_type} codec)"
 }
 
-# Stage 12: codec tokens of the 24 kHz training audio, JOB=1:nj.
+# Stage 12: codec tokens of the 24 kHz training audio, JOB=1:nj through ${train_cmd}.
 extract_codec_tokens() {
-    local dset out jobs
-    need "${codec_exp}/valid.total_count.best.pth" 11 12
+    local dset out jobs n
+    need "${codec_exp}/codec_conf.yaml" 11 12
     for dset in $(asr_train_sets); do
         out=${expdir}/codec_tokens/${dset}
-        mkdir -p "${out}/logdir"
+        if done_already "${out}/codec_tokens"; then
+            log "Stage 12: ${out}/codec_tokens exists; skipping"; continue
+        fi
+        rm -rf "${out}"; mkdir -p "${out}/logdir"
         jobs=$(min "${nj}" "$(num_lines "${data_feats24}/${dset}/wav.scp")")
         utils/split_scp.sh "${data_feats24}/${dset}/wav.scp" \
-            $(for n in $(seq "${jobs}"); do echo "${out}/logdir/wav.${n}.scp"; done)
+            $(for n in $(seq "${jobs}"); do mkdir -p "${out}/logdir/split.${n}"; echo "${out}/logdir/split.${n}/wav.scp"; done)
         ${train_cmd} JOB=1:"${jobs}" "${logdir}/stage12_codec_tokens/${dset}.JOB.log" \
             ${python} -m espnet_freeze_omni.bin.extract_codec_tokens \
-                --codec_dir "${codec_exp}" --wav_scp "${out}/logdir/wav.JOB.scp" \
-                --output "${out}/logdir/tokens.JOB"
+                --codec_conf "${codec_exp}/codec_conf.yaml" --data_dir "${out}/logdir/split.JOB" \
+                --output_dir "${out}/logdir/tokens.JOB" --nj 1 --no_progress
         for n in $(seq "${jobs}"); do cat "${out}/logdir/tokens.${n}/codec_tokens"; done \
-            > "${out}/codec_tokens"  # `utt_id code code ...` (text_int)
+            | sort > "${out}/codec_tokens"  # `utt_id code code ...` (text_int)
+        log "Stage 12: ${out}/codec_tokens: $(num_lines "${out}/codec_tokens") utterances"
     done
 }
 
@@ -678,8 +709,7 @@ pack_models() {
         --file "speech_input_model=$(speech_input_exp 3)/valid.loss.best.pth" \
         --yaml "speech_output_config=$(speech_output_exp 3)/config.yaml" \
         --file "speech_output_model=$(speech_output_exp 3)/valid.loss.best.pth" \
-        --yaml "codec_config=${codec_exp}/config.yaml" \
-        --file "codec_model=${codec_exp}/valid.total_count.best.pth" \
+        --yaml "codec_conf=${codec_exp}/codec_conf.yaml" \
         --file "feats_stats=${stats_dir}/train/feats_stats.npz" \
         --option RESULTS.md
     log "Stage 17: packed ${out} (the frozen LLM is referenced by path, not packed)"

@@ -17,5 +17,6 @@ set -euo pipefail
     --inference_nj 2 \
     --ngpu 0 \
     --max_wav_duration 15 \
+    --codec_type embedded \
     ${LLM_DIR:+--llm_path "${LLM_DIR}"} \
     "$@"
