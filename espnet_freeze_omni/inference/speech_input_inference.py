@@ -7,10 +7,10 @@ embeddings extend the frozen LLM's K/V cache, and the state head reads the last 
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,49 +34,119 @@ class ListenResult:
     decision_time: Optional[float]  # end time (s) of the chunk where it was taken
 
 
-def greedy_continue(llm, inputs_embeds: torch.Tensor, max_new_tokens: int,
-                    past_key_values=None) -> List[int]:
-    """Greedy tokens after `inputs_embeds` (batch 1) until an end-of-turn token."""
+@torch.no_grad()  # on a generator: grad mode is switched around each step, not leaked
+def greedy_steps(llm, inputs_embeds: torch.Tensor, max_new_tokens: int,
+                 past_key_values=None) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Greedy tokens after `inputs_embeds` (batch 1), one at a time, until an end-of-turn
+    token (not yielded) or `max_new_tokens`.
+
+    Yields (token id, hidden) where hidden (H,) is the LLM's final hidden state at the
+    position that PREDICTED the token (the last prompt position for the first one): the
+    per-token hidden state the speech decoder's prefix is trained on
+    (SpeechOutputModel.answer_hidden_states).
+    """
     out = (llm.prefill(inputs_embeds) if past_key_values is None
            else llm.extend(inputs_embeds, past_key_values))
     stop = set(llm.eos_token_ids)
-    ids: List[int] = []
     for _ in range(max_new_tokens):
         nxt = int(out.logits[0, -1].argmax())
         if nxt in stop:
-            break
-        ids.append(nxt)
+            return
+        yield nxt, out.hidden[0, -1]
         token = torch.tensor([[nxt]], device=inputs_embeds.device)
         out = llm.extend(llm.embed_tokens(token), out.past_key_values)
-    return ids
+
+
+def greedy_continue(llm, inputs_embeds: torch.Tensor, max_new_tokens: int,
+                    past_key_values=None) -> List[int]:
+    """Greedy tokens after `inputs_embeds` (batch 1) until an end-of-turn token."""
+    return [token for token, _ in greedy_steps(llm, inputs_embeds, max_new_tokens, past_key_values)]
+
+
+def read_train_config(config_file: str | Path, llm_conf: Optional[Dict] = None) -> Dict:
+    """A training config.yaml as a dict; `llm_conf` entries (path, dtype) replace the
+    recorded ones (the LLM is never inside a checkpoint, only named by the config)."""
+    import yaml
+
+    config_file = Path(config_file)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"training config not found: {config_file}")
+    with open(config_file, encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    if not isinstance(conf, dict):
+        raise ValueError(f"{config_file} is not a training config (a YAML mapping)")
+    overrides = {k: v for k, v in (llm_conf or {}).items() if v is not None}
+    if overrides:
+        conf["llm_conf"] = {**(conf.get("llm_conf") or {}), **overrides}
+    # The checkpoint fills every parameter: no initialization is needed, and one this
+    # espnet version no longer knows must not stop a trained model from loading.
+    conf["init"] = None
+    return conf
+
+
+def load_trained_state(model: torch.nn.Module, model_file: str | Path,
+                       config_file: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """Load a checkpoint saved by espnet's trainer (a plain state_dict) into `model`.
+
+    Strict: a checkpoint of another stage or size is an error naming both files, never a
+    model left half random.
+    """
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise FileNotFoundError(f"model file not found: {model_file}")
+    state = torch.load(model_file, map_location=device)
+    for wrapper in ("module", "state_dict"):  # deepspeed / lightning checkpoints
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{model_file} does not match the model of {config_file}: "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    return model.to(device).eval()
+
+
+def _frontend_sample_rate(conf: Dict) -> int:
+    """The sample rate a training config's frontend reads (espnet allows "16k")."""
+    fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
+    if isinstance(fs, str):
+        import humanfriendly
+
+        fs = humanfriendly.parse_size(fs)
+    return int(fs)
 
 
 class SpeechInputInference:
     """Wraps a trained speech-input model (any of the three stages) for decoding."""
 
-    def __init__(self, model: EncoderCTCModel, device: str = "cpu", max_new_tokens: int = 128):
+    def __init__(self, model: EncoderCTCModel, device: str = "cpu", max_new_tokens: int = 128,
+                 sample_rate: int = 16000):
         self.model = model.to(device).eval()
         self.device = device
         self.max_new_tokens = max_new_tokens
+        self.sample_rate = sample_rate  # what the frontend expects; callers resample to it
         self.template = ChatTemplate(model.llm.tokenizer) if isinstance(model, LLMASRModel) else None
 
     @classmethod
     def from_files(cls, train_config: str | Path, model_file: str | Path, device: str = "cpu",
-                   llm_path: Optional[str] = None, **kwargs) -> "SpeechInputInference":
-        """Build from an espnet training config + checkpoint; `llm_path` overrides the
-        LLM directory recorded in the config (the LLM is never inside the checkpoint)."""
-        import yaml
-
+                   llm_path: Optional[str] = None, llm_conf: Optional[Dict] = None,
+                   **kwargs) -> "SpeechInputInference":
+        """Build from an espnet training config + checkpoint; `llm_path` (or `llm_conf`
+        path=..., dtype=...) overrides the LLM recorded in the config (the LLM is never
+        inside the checkpoint)."""
         from espnet_freeze_omni.tasks.speech_input import SpeechInputTask
 
+        llm_conf = dict(llm_conf or {})
         if llm_path is not None:
-            with open(train_config, encoding="utf-8") as f:
-                conf = yaml.safe_load(f)
-            conf.setdefault("llm_conf", {})["path"] = str(llm_path)
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-                yaml.safe_dump(conf, f)
-            train_config = f.name
-        model, _ = SpeechInputTask.build_model_from_file(train_config, model_file, device)
+            llm_conf["path"] = str(llm_path)
+        conf = read_train_config(train_config, llm_conf)
+        if not Path(model_file).is_file():  # before the (possibly large) LLM loads
+            raise FileNotFoundError(f"model file not found: {model_file}")
+        model = SpeechInputTask.build_model(argparse.Namespace(**conf))
+        load_trained_state(model, model_file, train_config, device)
+        kwargs.setdefault("sample_rate", _frontend_sample_rate(conf))
         return cls(model, device=device, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -106,6 +176,15 @@ class SpeechInputInference:
                      task: str = "default") -> str:
         """The frozen LLM's greedy reply to the audio: the transcript for a stage-2 model,
         the answer for a stage-3 model (or the transcript with task="asr")."""
+        ids = greedy_continue(self.model.llm, self.spoken_turn_inputs(wav, history, task),
+                              self.max_new_tokens)
+        return self.model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def spoken_turn_inputs(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None,
+                           task: str = "default") -> torch.Tensor:
+        """LLM input embeddings (1, L, H) of a spoken user turn, ready for the reply:
+        chat prefix (system + history), learned vectors, audio, chat suffix."""
         if self.template is None:
             raise ValueError("this model has no LLM (stage 1): use ctc_transcribe")
         model = self.model
@@ -116,8 +195,7 @@ class SpeechInputInference:
         inputs, _, _, _ = model.assemble(
             prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
             suffix, torch.tensor([suffix.size(1)]), empty, torch.tensor([0]), task=task)
-        ids = greedy_continue(model.llm, inputs, self.max_new_tokens)
-        return model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return inputs
 
     @torch.no_grad()
     def listen(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None) -> ListenResult:

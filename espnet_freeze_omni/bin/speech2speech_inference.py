@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Decode a test set with the whole Freeze-Omni model (recipe stage 15).
+
+    python -m espnet_freeze_omni.bin.speech2speech_inference --ngpu 0 --config conf/decode.yaml \
+        --llm_conf path=exp/llm \
+        --speech_input_model exp/speech_input_stage3/valid.loss.best.pth \
+        --speech_output_model exp/speech_output_stage3/valid.loss.best.pth \
+        --codec_dir exp/codec \
+        --data_path_and_name_and_type dump/raw16k/qa_test/wav.scp,speech,sound \
+        --key_file exp/decode/qa_test/logdir/keys.1.scp \
+        --output_dir exp/decode/qa_test/logdir/output.1 \
+        [--qa_refs data/qa_test/refs.jsonl] [--history_mode own|none] [--outputs asr_ctc ...]
+
+Writes under --output_dir, one line per utterance of --key_file (`--outputs` picks which):
+    asr_ctc/text             CTC transcript
+    asr_llm/text             transcript through the frozen LLM
+    text_in/text             the LLM's answer to the TEXT question (from --qa_refs
+                             {"id", "question", "answers"} by utterance id, else the data
+                             dir's `text`)
+    speech_in/text           the answer to the spoken question
+    speech_out/text          the text that was voiced
+    speech_out/wav/<utt>.wav the spoken answer (codec rate, 24 kHz)
+    speech_out/asr_text      the spoken answer transcribed back by the model's own CTC ASR
+    turn/turn_info           `utt_id label seconds`: the state head's first decision while
+                             listening (1 respond, 2 ignore, 0 never decided, seconds -1)
+
+Multi-turn utterance ids `<dialog>-t<N>`: with --history_mode own (the default) the history
+of turn N is the dialog's earlier turns found in the same wav.scp, each a user turn (its
+question text) and the LLM's OWN earlier answer: its text-in answers for text_in, its
+speech-in answers for speech_in, speech_out and turn. --history_mode none answers every
+turn alone. The configs are the config.yaml beside each model file unless given.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from espnet2.utils import config_argparse
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str2triple_str, str_or_none
+
+OUTPUTS = ("asr_ctc", "asr_llm", "text_in", "speech_in", "speech_out", "turn")
+DIALOG_TURN = re.compile(r"^(?P<dialog>.+)-t(?P<turn>\d+)$")
+MIN_ASR_SECONDS = 0.1  # shorter spoken answers (e.g. empty ones) get an empty transcript
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = config_argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log_level", default="INFO",
+                        choices=("ERROR", "WARNING", "INFO", "DEBUG"))
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: decode on the GPU")
+
+    group = parser.add_argument_group("Model")
+    group.add_argument("--llm_conf", action=NestedDictAction, default=dict(),
+                       help="The frozen LLM: path=<local Hugging Face dir> dtype=...; "
+                            "default: what the speech-input config recorded")
+    group.add_argument("--speech_input_model", required=True,
+                       help="stage-3 speech-input checkpoint")
+    group.add_argument("--speech_input_config", type=str_or_none, default=None,
+                       help="default: config.yaml beside --speech_input_model")
+    group.add_argument("--speech_output_model", required=True,
+                       help="stage-3 speech-output checkpoint")
+    group.add_argument("--speech_output_config", type=str_or_none, default=None,
+                       help="default: config.yaml beside --speech_output_model")
+    group.add_argument("--codec_dir", type=str_or_none, default=None,
+                       help="embedded codec dir or espnet gan_codec exp dir")
+    group.add_argument("--codec_model", type=str_or_none, default=None,
+                       help="checkpoint inside a gan_codec --codec_dir (default: its best)")
+    group.add_argument("--codec_conf", type=str_or_none, default=None,
+                       help="instead of --codec_dir: a YAML load_codec() config")
+
+    group = parser.add_argument_group("Data")
+    group.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append",
+                       required=True, help="<data dir>/wav.scp,speech,sound")
+    group.add_argument("--key_file", type=str_or_none, default=None,
+                       help="decode these utterance ids (first column); default: all")
+    group.add_argument("--qa_refs", type=str_or_none, default=None,
+                       help='JSON lines {"id", "question", "answers"}: the text questions')
+    group.add_argument("--output_dir", required=True)
+
+    group = parser.add_argument_group("Decoding")
+    group.add_argument("--outputs", nargs="+", default=list(OUTPUTS), choices=OUTPUTS,
+                       help="what to produce (ASR-only test sets: asr_ctc asr_llm)")
+    group.add_argument("--history_mode", default="own", choices=("own", "none"),
+                       help="multi-turn history: the LLM's own earlier answers, or none")
+    group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
+    group.add_argument("--batch_size", type=int, default=8, help="text-in answers per batch")
+    group.add_argument("--top_k", type=int, default=2, help="codec-token sampling")
+    group.add_argument("--max_codec_tokens", type=int, default=1000, help="per text segment")
+    group.add_argument("--seed", type=int, default=0, help="codec-token sampling seed")
+    group.add_argument("--packet_conf", action=NestedDictAction, default=dict(),
+                       help="PacketDecoder: first_packet, lookahead, packet, overlap")
+    group.add_argument("--min_segment_tokens", type=int, default=4)
+    group.add_argument("--long_segment_tokens", type=int, default=20)
+    return parser
+
+
+# ---------------------------------------------------------------------------- data
+def read_keys(key_file: str, wavs: Dict[str, str], wav_scp: str) -> List[str]:
+    """Utterance ids of the key file (first column), each checked against wav.scp."""
+    keys = []
+    with open(key_file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            utt = line.split(maxsplit=1)[0]
+            if utt not in wavs:
+                raise KeyError(f"utterance {utt} ({key_file}:{lineno}) is not in {wav_scp}")
+            keys.append(utt)
+    return keys
+
+
+def dialog_turn(utt: str) -> Tuple[str, Optional[int]]:
+    """(dialog id, turn number) of a `<dialog>-t<N>` id; (utt, None) for a single turn."""
+    match = DIALOG_TURN.match(utt)
+    return (match["dialog"], int(match["turn"])) if match else (utt, None)
+
+
+def earlier_turns(utt: str, all_utts: List[str]) -> List[str]:
+    """The dialog's turns before `utt` among `all_utts`, in turn order."""
+    dialog, turn = dialog_turn(utt)
+    if turn is None:
+        return []
+    found = [(t, u) for u in all_utts for d, t in [dialog_turn(u)]
+             if d == dialog and t is not None and t < turn]
+    return [u for _, u in sorted(found)]
+
+
+class Questions:
+    """The text question of each utterance: --qa_refs by id, else the data dir's `text`."""
+
+    def __init__(self, qa_refs: Optional[str], data_dir: Path):
+        from espnet_freeze_omni.data.datadir import read_kaldi_map
+        from espnet_freeze_omni.scoring.qa_containment import load_references
+
+        self.sources = []
+        self.table: Dict[str, str] = {}
+        text = data_dir / "text"
+        if text.is_file():
+            self.table.update(read_kaldi_map(text))
+            self.sources.append(str(text))
+        if qa_refs is not None:
+            refs = {r["id"]: r.get("question") for r in load_references(qa_refs)}
+            self.table.update({k: q for k, q in refs.items() if q})
+            self.sources.insert(0, qa_refs)
+
+    def __call__(self, utt: str) -> str:
+        if utt not in self.table:
+            where = " or ".join(self.sources) or "no --qa_refs and no text file"
+            raise KeyError(f"utterance {utt}: no text question in {where}")
+        return self.table[utt]
+
+
+def kaldi_line(utt: str, text: str) -> str:
+    """`utt_id words...` on one line (an answer's newlines become spaces)."""
+    return f"{utt} {' '.join(text.split())}".rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------- decoding
+class TestSetDecoder:
+    """Everything stage 15 writes for one data dir, utterance by utterance."""
+
+    def __init__(self, s2s, wavs: Dict[str, str], questions: Questions, history_mode: str,
+                 batch_size: int):
+        self.s2s = s2s
+        self.wavs = wavs
+        self.all_utts = list(wavs)
+        self.questions = questions
+        self.history_mode = history_mode
+        self.batch_size = batch_size
+        self._speech_answers: Dict[str, str] = {}  # texts only: histories need no hidden states
+
+    def load(self, utt: str) -> np.ndarray:
+        from espnet_freeze_omni.codec.abs_codec import resample
+        from espnet_freeze_omni.codec.audio_io import load_wav
+
+        wav, rate = load_wav(self.wavs[utt], utt)
+        return resample(wav, rate, self.s2s.input_sample_rate)
+
+    # -- text in: batched through generate_answers, each dialog with its own answers
+    def text_answers(self, keys: List[str]) -> Dict[str, str]:
+        from espnet_freeze_omni.llm.generation import answer_questions, generate_answers
+
+        s2s = self.s2s
+        max_new = s2s.listener.max_new_tokens
+        if self.history_mode == "none":
+            answers = answer_questions(s2s.llm, s2s.template, [self.questions(u) for u in keys],
+                                       self.batch_size, max_new)
+            return dict(zip(keys, answers))
+        chains = {}  # last key of a dialog -> its turns up to that key
+        for utt in keys:
+            chain = earlier_turns(utt, self.all_utts) + [utt]
+            dialog = dialog_turn(utt)[0]
+            if dialog not in chains or len(chain) > len(chains[dialog]):
+                chains[dialog] = chain
+        dialogs = []
+        for chain in chains.values():
+            turns = []
+            for u in chain:  # the assistant placeholders are replaced by the LLM's answers
+                turns += [{"role": "user", "content": self.questions(u)},
+                          {"role": "assistant", "content": ""}]
+            dialogs.append({"turns": turns, "utts": chain})
+        answered = generate_answers(s2s.llm, s2s.template, dialogs, self.batch_size, max_new,
+                                    progress=True)
+        out = {}
+        for dialog in answered:
+            for u, turn in zip(dialog["utts"], dialog["turns"][1::2]):
+                out[u] = turn["content"]
+        return {u: out[u] for u in keys}
+
+    # -- speech in: histories hold the LLM's own earlier spoken-question answers
+    def speech_history(self, utt: str):
+        """History of a spoken turn; earlier turns not answered yet are answered first."""
+        if self.history_mode == "none":
+            return None
+        history = []
+        for earlier in earlier_turns(utt, self.all_utts):
+            if earlier not in self._speech_answers:
+                self.speech_answer(earlier, self.load(earlier), self.speech_history(earlier))
+            history += [{"role": "user", "content": self.questions(earlier)},
+                        {"role": "assistant", "content": self._speech_answers[earlier]}]
+        return history or None
+
+    def speech_answer(self, utt: str, wav: np.ndarray, history):
+        answer = self.s2s.answer(wav, history)
+        self._speech_answers[utt] = answer.text
+        return answer
+
+    def decode_utterance(self, utt: str, outputs: List[str], files: Dict[str, object],
+                         wav_dir: Path) -> None:
+        import soundfile
+
+        from espnet_freeze_omni.codec.abs_codec import resample
+
+        s2s = self.s2s
+        wav = self.load(utt)
+        needs_history = {"speech_in", "speech_out", "turn"} & set(outputs)
+        history = self.speech_history(utt) if needs_history else None
+        if "asr_ctc" in outputs:
+            files["asr_ctc"].write(kaldi_line(utt, s2s.ctc_transcribe(wav)))
+        if "asr_llm" in outputs:
+            files["asr_llm"].write(kaldi_line(utt, s2s.llm_transcribe(wav)))
+        if "speech_in" in outputs or "speech_out" in outputs:
+            answer = self.speech_answer(utt, wav, history)
+            if "speech_in" in outputs:
+                files["speech_in"].write(kaldi_line(utt, answer.text))
+            if "speech_out" in outputs:
+                s2s.reseed(utt)
+                pcm = s2s.speak(answer.token_ids, answer.hidden_states)
+                soundfile.write(wav_dir / f"{utt}.wav", np.clip(pcm, -1.0, 1.0),
+                                s2s.sample_rate, subtype="PCM_16")
+                files["speech_out"].write(kaldi_line(utt, answer.text))
+                heard = ""
+                if len(pcm) >= MIN_ASR_SECONDS * s2s.sample_rate:
+                    pcm16k = resample(pcm, s2s.sample_rate, s2s.input_sample_rate)
+                    heard = s2s.ctc_transcribe(pcm16k)
+                files["speech_out_asr"].write(kaldi_line(utt, heard))
+        if "turn" in outputs:
+            result = s2s.listen(wav, history)
+            when = result.decision_time if result.decision_time is not None else -1.0
+            files["turn"].write(f"{utt} {result.decision} {when:.3f}\n")
+
+
+def decode(args: argparse.Namespace) -> Path:
+    """Decode --key_file's utterances of the data dir; returns --output_dir."""
+    from tqdm import tqdm
+
+    from espnet_freeze_omni.codec.audio_io import read_wav_scp
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    speech = [t for t in args.data_path_and_name_and_type if t[1] == "speech"]
+    others = [t for t in args.data_path_and_name_and_type if t[1] != "speech"]
+    if len(speech) != 1 or speech[0][2] != "sound" or others:
+        raise ValueError("--data_path_and_name_and_type takes one <dir>/wav.scp,speech,sound "
+                         f"entry, got {args.data_path_and_name_and_type}")
+    wav_scp = speech[0][0]
+    if not Path(wav_scp).is_file():
+        raise FileNotFoundError(f"wav.scp not found: {wav_scp}")
+    wavs = read_wav_scp(wav_scp)
+    keys = read_keys(args.key_file, wavs, wav_scp) if args.key_file else list(wavs)
+    unknown = sorted(set(args.outputs) - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"unknown outputs {unknown}: choose from {list(OUTPUTS)}")
+    outputs = [o for o in OUTPUTS if o in args.outputs]
+    questions = Questions(args.qa_refs, Path(wav_scp).parent)
+
+    device = "cuda" if args.ngpu > 0 else "cpu"
+    s2s = Speech2Speech.from_files(
+        args.speech_input_config, args.speech_input_model,
+        args.speech_output_config, args.speech_output_model,
+        codec_conf=args.codec_conf,
+        codec_dir=None if args.codec_conf else args.codec_dir,
+        device=device, llm_conf=args.llm_conf,
+        decode_conf=dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                         max_codec_tokens=args.max_codec_tokens, seed=args.seed,
+                         packet_conf=args.packet_conf,
+                         min_segment_tokens=args.min_segment_tokens,
+                         long_segment_tokens=args.long_segment_tokens))
+    decoder = TestSetDecoder(s2s, wavs, questions, args.history_mode, args.batch_size)
+
+    out_dir = Path(args.output_dir)
+    paths = {o: out_dir / o / "text" for o in outputs if o != "turn"}
+    if "speech_out" in outputs:
+        paths["speech_out_asr"] = out_dir / "speech_out" / "asr_text"
+    if "turn" in outputs:
+        paths["turn"] = out_dir / "turn" / "turn_info"
+    wav_dir = out_dir / "speech_out" / "wav"
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if "speech_out" in outputs:
+        wav_dir.mkdir(parents=True, exist_ok=True)
+
+    if "text_in" in outputs:
+        logging.info("text in: %d questions (history: %s)", len(keys), args.history_mode)
+        text_answers = decoder.text_answers(keys)
+        with open(paths.pop("text_in"), "w", encoding="utf-8") as f:
+            f.writelines(kaldi_line(u, text_answers[u]) for u in keys)
+
+    # Dialogs in turn order: every history is answered just before it is needed.
+    order = sorted(keys, key=lambda u: (dialog_turn(u)[0], dialog_turn(u)[1] or 0))
+    files = {name: open(path, "w", encoding="utf-8") for name, path in paths.items()}
+    try:
+        for utt in tqdm(order, desc="speech2speech", unit="utt"):
+            try:
+                decoder.decode_utterance(utt, outputs, files, wav_dir)
+            except Exception as e:
+                raise RuntimeError(f"utterance {utt} ({wavs[utt]}): {e}") from e
+            for f in files.values():
+                f.flush()
+    finally:
+        for f in files.values():
+            f.close()
+    logging.info("wrote %s under %s", ", ".join(outputs), out_dir)
+    return out_dir
+
+
+def main(cmd=None):
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    logging.info("%s %s", sys.executable, " ".join(sys.argv if cmd is None else cmd))
+    if (args.codec_dir is None) == (args.codec_conf is None):
+        raise SystemExit("give one of --codec_dir and --codec_conf")
+    decode(args)
+
+
+if __name__ == "__main__":
+    main()
