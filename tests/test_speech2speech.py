@@ -84,6 +84,9 @@ def work(tmp_path_factory):
         cfg, rng.randn(1024, cfg.frames_per_token * cfg.n_mels).astype(np.float32),
         np.abs(rng.randn(1024, cfg.frames_per_token, cfg.n_freq)).astype(np.float32) * 0.01,
     ).save(root / "exp" / "codec")
+    # what recipe stage 11 writes beside it: the load_codec() config later stages read
+    (root / "exp" / "codec" / "codec_conf.yaml").write_text(
+        f"type: embedded\npath: {root / 'exp' / 'codec'}\n")
 
     data = root / "data"
     (data / "wav").mkdir(parents=True)
@@ -266,7 +269,7 @@ def load_pack_model():
     return module
 
 
-def pack(work, zip_path: Path):
+def pack(work, zip_path: Path, codec_args):
     exp = work["root"] / "exp"
     (work["root"] / "RESULTS.md").write_text("# results\n")
     load_pack_model().main([
@@ -275,7 +278,7 @@ def pack(work, zip_path: Path):
         "--file", f"speech_input_model={work['speech_input']}",
         "--yaml", f"speech_output_config={exp}/speech_output_stage3/config.yaml",
         "--file", f"speech_output_model={work['speech_output']}",
-        "--codec_dir", str(work["codec"]),
+        *codec_args,
         "--file", f"feats_stats={work['stats']}",
         "--option", str(work["root"] / "RESULTS.md"),
     ])
@@ -287,7 +290,7 @@ def test_packed_model_decodes_exactly_like_the_files(s2s, work, tmp_path):
     from espnet_freeze_omni.inference.speech2speech import Speech2Speech, unpack_model
 
     zip_path = tmp_path / "packed" / "model.zip"
-    pack(work, zip_path)
+    pack(work, zip_path, ["--yaml", f"codec_conf={work['codec']}/codec_conf.yaml"])  # as stage 17
     cache = tmp_path / "cache"
     files = unpack_model(zip_path, cache)
     for key in ("speech_input_config", "speech_input_model", "speech_output_config",
@@ -311,9 +314,10 @@ def test_packed_model_decodes_exactly_like_the_files(s2s, work, tmp_path):
 
     # packed again at the same path: unpacked again, not served from the cache
     np.savez(work["stats"], count=np.array(100.0), sum=np.zeros(80), sum_square=np.full(80, 5e3))
-    pack(work, zip_path)
+    pack(work, zip_path, ["--codec_dir", str(work["codec"])])
     again = unpack_model(zip_path, cache)
     np.testing.assert_array_equal(np.load(again["feats_stats"])["sum"], np.zeros(80))
+    assert Path(again["codec_model"]).read_bytes() == (work["codec"] / "codebook.npz").read_bytes()
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -358,3 +362,17 @@ def test_unreadable_audio_and_missing_question_are_named(work, tmp_path):
     cmd[cmd.index("--outputs") + 1] = "text_in"
     with pytest.raises(KeyError, match="utterance bad: no text question"):
         speech2speech_inference.main(cmd)
+
+
+def test_gan_codec_dir_gives_its_best_checkpoint_or_says_what_it_looked_for(tmp_path):
+    from espnet_freeze_omni.inference.speech2speech import codec_conf_from_dir, codec_files
+
+    (tmp_path / "config.yaml").write_text("codec: soundstream\n")
+    with pytest.raises(FileNotFoundError, match="valid.mel_loss.best.pth.*latest.pth"):
+        codec_conf_from_dir(tmp_path)
+    (tmp_path / "train.total_count.best.pth").write_bytes(b"")
+    (tmp_path / "latest.pth").write_bytes(b"")
+    conf = codec_conf_from_dir(tmp_path, device="cpu")
+    assert conf == {"type": "espnet_gan_codec", "train_config": str(tmp_path / "config.yaml"),
+                    "model_file": str(tmp_path / "train.total_count.best.pth"), "device": "cpu"}
+    assert codec_files(conf) == (conf["train_config"], conf["model_file"])

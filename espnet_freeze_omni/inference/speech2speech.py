@@ -48,8 +48,10 @@ PathLike = Union[str, os.PathLike]
 History = Optional[List[Dict[str, str]]]
 Step = Tuple[int, torch.Tensor]  # a generated token id and the hidden state that predicted it
 
-# Checkpoints of an espnet gan_codec experiment dir, in order of preference: the best
-# criteria of conf/codec_soundstream_*.yaml, then the last epoch.
+# A codec dir's load_codec() config, as recipe stage 11 writes it for either codec type.
+CODEC_CONF_FILE = "codec_conf.yaml"
+# Without one: checkpoints of an espnet gan_codec experiment dir, in order of preference
+# (the best criteria of conf/codec_soundstream_*.yaml, then the last epoch).
 CODEC_MODEL_FILES = (
     "valid.mel_loss.best.pth", "train.mel_loss.best.pth",
     "valid.total_count.best.pth", "train.total_count.best.pth", "latest.pth",
@@ -106,13 +108,37 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
 
 def codec_conf_from_dir(codec_dir: PathLike, model_file: Optional[PathLike] = None,
                         device: str = "cpu") -> Dict:
-    """`load_codec` config of a codec dir: an embedded codec dir or a gan_codec exp dir."""
+    """`load_codec` config of a codec dir: its codec_conf.yaml (recipe stage 11) when there
+    and no `model_file` is asked for, else from its config.yaml (codec_conf_from_files)."""
+    import yaml
+
     codec_dir = Path(codec_dir)
     if not codec_dir.is_dir():
         raise FileNotFoundError(f"codec dir not found: {codec_dir}")
+    if model_file is None and (codec_dir / CODEC_CONF_FILE).is_file():
+        with open(codec_dir / CODEC_CONF_FILE, encoding="utf-8") as f:
+            conf = yaml.safe_load(f)
+        if not isinstance(conf, dict) or "type" not in conf:
+            raise ValueError(f"{codec_dir / CODEC_CONF_FILE} is not a load_codec() config")
+        if conf["type"] == "espnet_gan_codec":
+            conf.setdefault("device", device)
+        return conf
     if model_file is not None and not Path(model_file).is_absolute():
         model_file = codec_dir / model_file
     return codec_conf_from_files(codec_dir / "config.yaml", model_file, device)
+
+
+def codec_files(codec_conf: Dict) -> Tuple[str, str]:
+    """(config.yaml, weights) behind a `load_codec` config: what a packed model carries,
+    and what codec_conf_from_files turns back into the config."""
+    if codec_conf.get("type") == "embedded":
+        from espnet_freeze_omni.codec.embedded import CODEBOOK_FILE
+
+        return (str(Path(codec_conf["path"]) / "config.yaml"),
+                str(Path(codec_conf["path"]) / CODEBOOK_FILE))
+    if codec_conf.get("type") == "espnet_gan_codec":
+        return str(codec_conf["train_config"]), str(codec_conf["model_file"])
+    raise ValueError(f"unknown codec config {codec_conf!r}: type embedded or espnet_gan_codec")
 
 
 # ---------------------------------------------------------------------------- packed models

@@ -12,8 +12,10 @@ files, and espnet_model_zoo's ModelDownloader unpacks the zip offline;
 speech_input_config/model, speech_output_config/model and codec_config (+ codec_model).
 The frozen LLM is never packed: the configs only name it.
 
---codec_dir packs what the codec needs: an embedded codec's config.yaml + codebook.npz, or
-an espnet gan_codec experiment's config.yaml + its best checkpoint (--codec_model to pick).
+The codec is packed as what it needs, under codec_config + codec_model: an embedded
+codec's config.yaml + codebook.npz, or a gan_codec experiment's config.yaml + checkpoint.
+Name it with --codec_dir (its codec_conf.yaml from stage 11 if there, else its best
+checkpoint; --codec_model to pick) or with --yaml codec_conf=<stage 11's codec_conf.yaml>.
 
 Portable names: the files are staged (hard links, or copies across file systems) under
 their paths relative to the deepest directory holding them all, so the zip never records an
@@ -40,15 +42,19 @@ def key_value(text: str) -> Tuple[str, str]:
     return key, value
 
 
-def codec_entries(codec_dir: str, codec_model: Optional[str]) -> Tuple[str, str]:
-    """(config.yaml, model file) of a codec dir, as Speech2Speech loads it."""
-    from espnet_freeze_omni.codec.embedded import CODEBOOK_FILE
-    from espnet_freeze_omni.inference.speech2speech import codec_conf_from_dir
+def codec_entries(codec_dir: Optional[str], codec_model: Optional[str],
+                  codec_conf: Optional[str]) -> Tuple[str, str]:
+    """(config.yaml, weights) of the codec, from its dir or its load_codec() YAML."""
+    from espnet_freeze_omni.inference.speech2speech import codec_conf_from_dir, codec_files
 
-    conf = codec_conf_from_dir(codec_dir, codec_model)
-    if conf["type"] == "embedded":
-        return str(Path(codec_dir) / "config.yaml"), str(Path(codec_dir) / CODEBOOK_FILE)
-    return conf["train_config"], conf["model_file"]
+    if codec_conf is not None:
+        with open(codec_conf, encoding="utf-8") as f:
+            conf = yaml.safe_load(f)
+        if not isinstance(conf, dict):
+            raise SystemExit(f"pack_model.py: {codec_conf} is not a load_codec() config")
+    else:
+        conf = codec_conf_from_dir(codec_dir, codec_model)
+    return codec_files(conf)
 
 
 def link_or_copy(src: str, dst: Path) -> None:
@@ -104,15 +110,17 @@ def main(cmd=None) -> Path:
     parser.add_argument("--option", action="append", default=[],
                         help="extra files without a key (RESULTS.md)")
     parser.add_argument("--codec_dir", default=None,
-                        help="adds codec_config and codec_model from this codec dir")
+                        help="adds codec_config and codec_model from this codec dir "
+                             "(or give --yaml codec_conf=<its codec_conf.yaml>)")
     parser.add_argument("--codec_model", default=None,
                         help="checkpoint inside a gan_codec --codec_dir (default: its best)")
     args = parser.parse_args(cmd)
 
     yaml_files, files = dict(args.yaml), dict(args.file)
-    if args.codec_dir is not None:
+    codec_conf = yaml_files.pop("codec_conf", None)  # stage 11's load_codec() config
+    if args.codec_dir is not None or codec_conf is not None:
         yaml_files["codec_config"], files["codec_model"] = codec_entries(
-            args.codec_dir, args.codec_model)
+            args.codec_dir, args.codec_model, codec_conf)
     items = ([(k, v, True) for k, v in yaml_files.items()]
              + [(k, v, False) for k, v in files.items()]
              + [(None, v, False) for v in args.option])
