@@ -589,16 +589,23 @@ train_speech_output_stage3() {
 #   ${decode_dir}/T/turn/turn_info          predicted turn ends         -> turn_end_f1
 # (Kaldi text files `utt_id words...`; turn_info lines `utt_id label seconds`.)
 decode_test_sets() {
-    local dset out jobs _cmd
+    local dset out jobs _cmd n set_args
     _cmd=${decode_cmd}; [ "${gpu_inference}" = true ] && _cmd="${cuda_cmd} --gpu 1"
     need "$(speech_input_exp 3)/valid.loss.best.pth" 10 15
+    need "$(speech_output_exp 3)/valid.loss.best.pth" 14 15
     for dset in $(testing_sets); do
         out=${decode_dir}/${dset}
         need "${data_feats16}/${dset}/.done" 4 15
-        mkdir -p "${out}/logdir"
+        if [[ " ${qa_test_sets} " == *" ${dset} "* ]]; then
+            set_args=(--qa_refs "${qa_test_refs}")  # spoken QA: every output
+        else
+            set_args=(--outputs asr_ctc asr_llm)   # ASR test sets
+        fi
+        rm -rf "${out}"; mkdir -p "${out}/logdir"
         jobs=$(min "${inference_nj}" "$(num_lines "${data_feats16}/${dset}/wav.scp")")
         utils/split_scp.sh "${data_feats16}/${dset}/wav.scp" \
             $(for n in $(seq "${jobs}"); do echo "${out}/logdir/keys.${n}.scp"; done)
+        log "Stage 15: decoding ${dset} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}.JOB.log)"
         # shellcheck disable=SC2086
         ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
             ${python} -m espnet_freeze_omni.bin.speech2speech_inference \
@@ -611,7 +618,7 @@ decode_test_sets() {
                 --data_path_and_name_and_type "${data_feats16}/${dset}/wav.scp,speech,sound" \
                 --key_file "${out}/logdir/keys.JOB.scp" \
                 --output_dir "${out}/logdir/output.JOB" \
-                ${decode_args}
+                "${set_args[@]}" ${decode_args}
         for sub in asr_ctc asr_llm text_in speech_in speech_out turn; do
             for f in text asr_text turn_info; do
                 if [ -f "${out}/logdir/output.1/${sub}/${f}" ]; then
@@ -621,6 +628,13 @@ decode_test_sets() {
                 fi
             done
         done
+        if [ -d "${out}/logdir/output.1/speech_out/wav" ]; then
+            mkdir -p "${out}/speech_out/wav"
+            for n in $(seq "${jobs}"); do
+                mv "${out}/logdir/output.${n}/speech_out/wav/"*.wav "${out}/speech_out/wav/" 2>/dev/null || true
+            done
+            log "Stage 15: spoken answers in ${out}/speech_out/wav ($(ls "${out}/speech_out/wav" | wc -l) wavs)"
+        fi
     done
 }
 
