@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Freeze-Omni speech input on mini AN4 (7 real utterances shipped inside the espnet wheel):
-# the end-to-end smoke test of the recipe machinery, like espnet's own mini_an4 recipes.
-# `./run.sh --stage N --stop_stage M`; options: ./freeze_omni.sh --help
+# the end-to-end smoke test of the recipe machinery with debug-size models, like espnet's
+# own mini_an4 recipes (tests/test_recipe_mini_an4.py runs it). ASR only: no QA data, so
+# the stages are 1-8 (data .. speech input stage 2), decoding and 16 (scoring):
+#
+#   ./run.sh --stage 1 --stop_stage 8
+#   local/decode_asr.sh          # INTEGRATION PENDING: stands in for stage 15 (see there)
+#   ./run.sh --stage 16 --stop_stage 16
+#
+# Options: ./freeze_omni.sh --help
 set -euo pipefail
 . ./db.sh   # LLM_DIR, when set, is your local model dir for the frozen LLM
 
@@ -12,5 +19,6 @@ set -euo pipefail
     --nj 2 \
     --inference_nj 1 \
     --ngpu 0 \
+    --decode_config conf/decode_asr.yaml \
     ${LLM_DIR:+--llm_path "${LLM_DIR}"} \
     "$@"

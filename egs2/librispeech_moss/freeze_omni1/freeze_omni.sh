@@ -1,0 +1,1 @@
+../../TEMPLATE/freeze_omni1/freeze_omni.sh

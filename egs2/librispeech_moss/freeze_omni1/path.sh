@@ -1,0 +1,1 @@
+../../TEMPLATE/freeze_omni1/path.sh
