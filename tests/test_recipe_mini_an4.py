@@ -52,12 +52,10 @@ def test_stages_1_to_8(mini_an4):
 
 def test_decoding_and_scoring(mini_an4):
     recipe, _ = mini_an4
-    # INTEGRATION PENDING: local/decode_asr.sh stands in for stage 15 (speech2speech_inference
-    # with conf/decode_asr.yaml) on this ASR-only recipe; once stage 15 decodes ASR-only test
-    # sets, run `./run.sh --stage 15 --stop_stage 16` here instead.
-    proc = bash("local/decode_asr.sh --test_sets test", recipe)
+    proc = bash("./run.sh --stage 15 --stop_stage 15", recipe)
     assert proc.returncode == 0, proc.stdout + proc.stderr + _logs(
-        recipe, "exp/log/decode_asr/*.log")
+        recipe, "exp/log/stage15_decode/*.log")
+    assert re.search(banner(15), proc.stdout, re.M)
     test_utts = set(dd.read_kaldi_map(recipe / "data/test/text"))
     for sub in ("asr_ctc", "asr_llm"):
         hyp = recipe / "exp/decode/test" / sub / "text"

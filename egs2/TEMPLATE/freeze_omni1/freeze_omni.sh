@@ -68,7 +68,8 @@ test_sets=""            # ASR test sets (space separated; the first is the headl
 qa_train_set=""         # spoken QA training set (user turns + side talk, with turn_info)
 qa_test_sets=""         # spoken QA test sets (question ids match --qa_test_refs)
 qa_train_dialogs=""     # train dialogs, JSON lines (stage 9 regenerates their answers)
-qa_test_refs=""         # reference answers, JSON lines {"id", "question", "answers"}
+qa_test_refs=""         # reference answers, JSON lines {"id", "question", "answers"}; "{set}" in
+                        # the path is replaced by each QA test set's name
 speed_perturb_factors=""  # stage 2, e.g. "0.9 1.0 1.1" (empty: off)
 fs=16000                # speech input sample rate
 fs_out=24000            # speech output (codec) sample rate
@@ -149,6 +150,8 @@ unique() { local seen=" " s; for s in "$@"; do [[ "${seen}" == *" ${s} "* ]] || 
 asr_train_sets() { unique "${train_set}" "${valid_set}"; }
 training_sets() { unique "${train_set}" "${valid_set}" ${qa_train_set}; }
 testing_sets() { unique ${test_sets} ${qa_test_sets}; }
+# --qa_test_refs may hold "{set}", replaced by each QA test set's name (one refs file per set)
+qa_refs_of() { echo "${qa_test_refs//\{set\}/$1}"; }
 all_sets() { unique "${train_set}" "${valid_set}" ${qa_train_set} ${test_sets} ${qa_test_sets}; }
 
 # ----------------------------------------------------------- stage 1: data preparation
@@ -588,16 +591,47 @@ train_speech_output_stage3() {
 #                                           and speech_out_cer against speech_out/text
 #   ${decode_dir}/T/turn/turn_info          predicted turn ends         -> turn_end_f1
 # (Kaldi text files `utt_id words...`; turn_info lines `utt_id label seconds`.)
+# ASR-only recipes (no --qa_test_sets, no speech output) decode with the speech-input
+# stage-2 model alone: CTC and through the LLM.
+decode_asr_only() {
+    local dset out jobs n mode sub model_dir _cmd=$1
+    model_dir=$(speech_input_exp 2)
+    need "${model_dir}/valid.loss.best.pth" 8 15
+    for dset in ${test_sets}; do
+        out=${decode_dir}/${dset}
+        need "${data_feats16}/${dset}/.done" 4 15
+        rm -rf "${out}"; mkdir -p "${out}/logdir"
+        jobs=$(min "${inference_nj}" "$(num_lines "${data_feats16}/${dset}/wav.scp")")
+        utils/split_scp.sh "${data_feats16}/${dset}/wav.scp" \
+            $(for n in $(seq "${jobs}"); do echo "${out}/logdir/keys.${n}.scp"; done)
+        for mode in ctc llm; do
+            sub=asr_${mode}
+            log "Stage 15: ${dset} ${sub} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}_${sub}.JOB.log)"
+            # shellcheck disable=SC2086
+            ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}_${sub}.JOB.log" \
+                ${python} -m espnet_freeze_omni.bin.speech_input_inference \
+                    --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
+                    --train_config "${model_dir}/config.yaml" \
+                    --model_file "${model_dir}/valid.loss.best.pth" --llm_path "${llm_dir}" \
+                    --wav_scp "${data_feats16}/${dset}/wav.scp" --key_file "${out}/logdir/keys.JOB.scp" \
+                    --mode "${mode}" --output_dir "${out}/logdir/${sub}.JOB" ${decode_args}
+            mkdir -p "${out}/${sub}"
+            for n in $(seq "${jobs}"); do cat "${out}/logdir/${sub}.${n}/text"; done | sort > "${out}/${sub}/text"
+        done
+    done
+}
+
 decode_test_sets() {
     local dset out jobs _cmd n set_args
     _cmd=${decode_cmd}; [ "${gpu_inference}" = true ] && _cmd="${cuda_cmd} --gpu 1"
+    if [ -z "${qa_test_sets}" ]; then decode_asr_only "${_cmd}"; return 0; fi
     need "$(speech_input_exp 3)/valid.loss.best.pth" 10 15
     need "$(speech_output_exp 3)/valid.loss.best.pth" 14 15
     for dset in $(testing_sets); do
         out=${decode_dir}/${dset}
         need "${data_feats16}/${dset}/.done" 4 15
         if [[ " ${qa_test_sets} " == *" ${dset} "* ]]; then
-            set_args=(--qa_refs "${qa_test_refs}")  # spoken QA: every output
+            set_args=(--qa_refs "$(qa_refs_of "${dset}")")  # spoken QA: every output
         else
             set_args=(--outputs asr_ctc asr_llm)   # ASR test sets
         fi
@@ -672,8 +706,8 @@ score_all() {
                 local hyp=${hyp_dir}/${sub}/text
                 [ "${sub}" = speech_out ] && hyp=${hyp_dir}/${sub}/asr_text
                 if [ -f "${hyp}" ]; then
-                    need "${qa_test_refs}" 1 16
-                    ${python} -m espnet_freeze_omni.bin.score_qa --refs "${qa_test_refs}" \
+                    need "$(qa_refs_of "${dset}")" 1 16
+                    ${python} -m espnet_freeze_omni.bin.score_qa --refs "$(qa_refs_of "${dset}")" \
                         --hyp "${hyp}" --out_dir "${score_dir}/${dset}/qa_acc_${sub}" \
                         --metric "qa_acc_${sub}" --test_set "${dset}"
                     scored=$(( scored + 1 ))
