@@ -550,6 +550,8 @@ extract_codec_tokens() {
                 --output_dir "${out}/logdir/tokens.JOB" --nj 1 --no_progress
         for n in $(seq "${jobs}"); do cat "${out}/logdir/tokens.${n}/codec_tokens"; done \
             | sort > "${out}/codec_tokens"  # `utt_id code code ...` (text_int)
+        for n in $(seq "${jobs}"); do cat "${out}/logdir/tokens.${n}/codec_tokens.shape"; done \
+            | sort > "${out}/codec_tokens.shape"  # batching by token count
         log "Stage 12: ${out}/codec_tokens: $(num_lines "${out}/codec_tokens") utterances"
     done
 }
@@ -564,6 +566,8 @@ train_speech_output_stage2() {
         --train_data_path_and_name_and_type "${expdir}/codec_tokens/${train_set}/codec_tokens,codec_tokens,text_int" \
         --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/text,text,text" \
         --valid_data_path_and_name_and_type "${expdir}/codec_tokens/${valid_set}/codec_tokens,codec_tokens,text_int" \
+        --train_shape_file "${expdir}/codec_tokens/${train_set}/codec_tokens.shape" \
+        --valid_shape_file "${expdir}/codec_tokens/${valid_set}/codec_tokens.shape" \
         ${speech_output_args}
 }
 
@@ -578,6 +582,8 @@ train_speech_output_stage3() {
         --train_data_path_and_name_and_type "${expdir}/codec_tokens/${train_set}/codec_tokens,codec_tokens,text_int" \
         --valid_data_path_and_name_and_type "${data_feats24}/${valid_set}/text,text,text" \
         --valid_data_path_and_name_and_type "${expdir}/codec_tokens/${valid_set}/codec_tokens,codec_tokens,text_int" \
+        --train_shape_file "${expdir}/codec_tokens/${train_set}/codec_tokens.shape" \
+        --valid_shape_file "${expdir}/codec_tokens/${valid_set}/codec_tokens.shape" \
         ${speech_output_args}
 }
 
