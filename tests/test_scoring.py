@@ -129,6 +129,13 @@ def test_results_json_and_markdown(tmp_path):
     results.write_metric(root / "qa_test" / "qa_acc_speech_in", "qa_acc_speech_in", "qa_test",
                          70.0, "answer_containment", qa_containment.SCORER_NAME,
                          {"num_items": 10, "num_correct": 7, "num_missing": 0})
+    # per-item verdicts as score_qa writes them: q2's answers differ between modalities
+    for cond, responses in (("text_in", ["It is blue.", "Anna lives in Paris."]),
+                            ("speech_in", ["It is blue.", "Anna lives in Rome."])):
+        with open(root / "qa_test" / f"qa_acc_{cond}" / "per_item.jsonl", "w") as f:
+            for i, r in enumerate(responses):
+                f.write(json.dumps({"id": f"q{i + 1}", "question": "?", "answers": ["x"],
+                                    "response": r, "correct": "Paris" in r}) + "\n")
     with pytest.raises(ValueError):
         results.write_metric(root, "bleu", "test", 1.0, "x")
     out = results.write_results(root, tmp_path / "exp" / "results.json", tmp_path / "RESULTS.md",
@@ -139,8 +146,11 @@ def test_results_json_and_markdown(tmp_path):
                 "qa_acc_speech_out", "speech_out_cer", "turn_end_f1", "modality_gap"):
         assert key in saved
     assert saved["asr_wer_ctc"] == 12.5 and saved["asr_wer_llm"] is None
-    assert saved["modality_gap"] == [{"test_set": "qa_test", "text_in": 80.0, "speech_in": 70.0,
-                                      "gap_speech_in": 10.0}]
+    assert saved["modality_gap"] == [{
+        "test_set": "qa_test", "text_in": 80.0, "speech_in": 70.0, "gap_speech_in": 10.0,
+        "items": [{"id": "q2", "question": "?", "answers": ["x"],
+                   "text_in": "Anna lives in Paris.", "speech_in": "Anna lives in Rome.",
+                   "text_in_correct": True, "speech_in_correct": False}]}]
     assert set(saved["environment"]) >= {"date", "os", "python", "torch", "espnet",
                                          "transformers", "git_commit"}
     md = (tmp_path / "RESULTS.md").read_text()

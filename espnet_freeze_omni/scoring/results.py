@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 # metric -> (what it is, unit); the order is the order of results.json and RESULTS.md
 METRICS: Dict[str, tuple] = {
@@ -92,6 +92,28 @@ def environment(repo_dir: Optional[str | os.PathLike] = None) -> dict:
     }
 
 
+def _per_item(metric: dict) -> Dict[str, dict]:
+    path = Path(metric.get("path", "")).parent / "per_item.jsonl"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {item["id"]: item for item in map(json.loads, filter(str.strip, f))}
+
+
+def _differing_answers(text_in: dict, speech_in: dict) -> List[dict]:
+    """The modality-gap items: where the speech-in answer differs from the text-in answer
+    of the same frozen LLM (both kept, with the references and both verdicts)."""
+    by_text, by_speech = _per_item(text_in), _per_item(speech_in)
+    items = []
+    for utt in sorted(set(by_text) & set(by_speech)):
+        t, sp = by_text[utt], by_speech[utt]
+        if " ".join(str(t.get("response", "")).split()) != " ".join(str(sp.get("response", "")).split()):
+            items.append(dict(id=utt, question=t.get("question"), answers=t.get("answers"),
+                              text_in=t.get("response"), speech_in=sp.get("response"),
+                              text_in_correct=t.get("correct"), speech_in_correct=sp.get("correct")))
+    return items
+
+
 def build_results(found: Dict[str, Dict[str, dict]], test_sets: Sequence[str] = (),
                   env: Optional[dict] = None) -> dict:
     order = list(test_sets) + sorted(t for t in found if t not in test_sets)
@@ -116,6 +138,8 @@ def build_results(found: Dict[str, Dict[str, dict]], test_sets: Sequence[str] = 
             if key in m:
                 gap[cond] = m[key]["value"]
                 gap[f"gap_{cond}"] = round(text_in - m[key]["value"], 2)
+        if "qa_acc_speech_in" in m:
+            gap["items"] = _differing_answers(m["qa_acc_text_in"], m["qa_acc_speech_in"])
         results["modality_gap"].append(gap)
     results["scorers"] = {m["scorer"]: m.get("scorer_name", m["scorer"])
                           for t in found.values() for m in t.values()}
@@ -181,6 +205,12 @@ def render_markdown(results: dict, title: str = "RESULTS", exp_dir: str = "exp")
             lines.append(f"|{g['test_set']}|{_fmt(g['text_in'])}|{_fmt(g.get('speech_in'))}|"
                          f"{_fmt(g.get('gap_speech_in'))}|{_fmt(g.get('speech_out'))}|"
                          f"{_fmt(g.get('gap_speech_out'))}|")
+        lines.append("")
+        for g in results["modality_gap"]:
+            if "items" in g:
+                lines.append(f"{g['test_set']}: {len(g['items'])} item(s) where the speech-in "
+                             "answer differs from the text-in answer (listed in results.json, "
+                             "`modality_gap[].items`)")
         lines.append("")
     if results["scorers"]:
         lines += ["Scorers:"] + [f"- `{k}`: {v}" for k, v in sorted(results["scorers"].items())]

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 out=exp/llm
-steps=600
+steps=500
 vocab_size=1000
 hidden_size=256
 num_layers=4
