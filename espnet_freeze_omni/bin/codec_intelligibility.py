@@ -293,8 +293,12 @@ def evaluate(codec, data_dir: str, output_dir: Optional[str] = None, asr: Option
     if refs:
         import jiwer
 
+        refs = [r.lower() for r in refs]
+        hyps_orig, hyps_codec = [h.lower() for h in hyps_orig], [h.lower() for h in hyps_codec]
         summary.update(wer_original=round(jiwer.wer(refs, hyps_orig), 4),
-                       wer_codec=round(jiwer.wer(refs, hyps_codec), 4))
+                       wer_codec=round(jiwer.wer(refs, hyps_codec), 4),
+                       cer_original=round(jiwer.cer(refs, hyps_orig), 4),
+                       cer_codec=round(jiwer.cer(refs, hyps_codec), 4))
     if word_proxy:
         work = out if out else Path(data_dir)
         templates, tests = _proxy_words(work, codec.sample_rate)
@@ -318,6 +322,19 @@ def load_asr(spec: str) -> Asr:
     return getattr(importlib.import_module(module), name)
 
 
+def project_ctc_asr(exp_dir: str) -> Asr:
+    """The project's own CTC ASR (a speech-input experiment dir) as (wav, sr) -> text."""
+    from espnet_freeze_omni.inference.speech_input_inference import SpeechInputInference
+
+    exp = Path(exp_dir)
+    decoder = SpeechInputInference.from_files(exp / "config.yaml", exp / "valid.loss.best.pth")
+
+    def transcribe(wav: np.ndarray, sample_rate: int) -> str:
+        return decoder.ctc_transcribe(_resample(np.asarray(wav, dtype=np.float32), sample_rate, 16000))
+
+    return transcribe
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,7 +350,11 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--codec_conf", help="YAML with a load_codec() dict")
     ev.add_argument("--data_dir", required=True)
     ev.add_argument("--output_dir", default=None)
-    ev.add_argument("--asr", default=None, help="module:function, (wav, sample_rate) -> text")
+    asr = ev.add_mutually_exclusive_group()
+    asr.add_argument("--asr", default=None, help="module:function, (wav, sample_rate) -> text")
+    asr.add_argument("--asr_exp", default=None,
+                     help="the project's CTC ASR: a speech-input experiment dir "
+                          "(config.yaml + valid.loss.best.pth), e.g. exp/speech_input_stage2")
     ev.add_argument("--max_utts", type=int, default=None)
     ev.add_argument("--no_word_proxy", action="store_true")
     return p
@@ -349,7 +370,8 @@ def main(cmd=None) -> None:
     codec = load_codec({"type": "embedded", "path": args.codec_dir} if args.codec_dir
                        else args.codec_conf)
     summary = evaluate(codec, args.data_dir, args.output_dir,
-                       load_asr(args.asr) if args.asr else None, args.max_utts,
+                       load_asr(args.asr) if args.asr else
+                       project_ctc_asr(args.asr_exp) if args.asr_exp else None, args.max_utts,
                        word_proxy=not args.no_word_proxy)
     yaml.safe_dump(summary, sys.stdout, sort_keys=False)
 

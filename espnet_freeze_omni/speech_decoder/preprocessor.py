@@ -17,15 +17,7 @@ import numpy as np
 from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet_freeze_omni.llm.chat_template import ChatTemplate
-
-
-def load_llm_tokenizer(path: str):
-    """The frozen LLM's tokenizer alone (the 7B weights are not needed to tokenize)."""
-    from transformers import AutoTokenizer
-
-    if path is None:
-        raise ValueError("llm_conf needs `path`: the local folder of the frozen LLM")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+from espnet_freeze_omni.llm.frozen_llm import load_llm_tokenizer
 
 
 class SpeechOutputPreprocessor(AbsPreprocessor):
@@ -40,6 +32,8 @@ class SpeechOutputPreprocessor(AbsPreprocessor):
         question_name: str = "question",
     ):
         super().__init__(train)
+        if tokenizer is None and llm_path is None:
+            raise ValueError("llm_conf needs `path`: the local folder of the frozen LLM")
         self.tokenizer = tokenizer if tokenizer is not None else load_llm_tokenizer(llm_path)
         self.template = ChatTemplate(self.tokenizer)
         self.num_end_ids = len(self.template.answer_end_ids())
