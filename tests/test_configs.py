@@ -136,8 +136,14 @@ def test_config_parses_and_builds(path, stand_in_llm, llm_cache, side_files, mon
     conf = yaml.safe_load(path.read_text())
     assert isinstance(conf, dict), f"{config_id(path)}: not a YAML mapping"
     if kind == "decode":
-        # INTEGRATION PENDING: parse with espnet_freeze_omni.bin.speech2speech_inference's
-        # parser once it lands; until then the outputs must be ones stage 16 knows.
+        # every key must be an option of the decoding entry point, every output one that
+        # stage 16 knows
+        from espnet_freeze_omni.bin.speech2speech_inference import get_parser
+
+        options = get_parser()._option_string_actions
+        not_options = sorted(k for k in conf if f"--{k}" not in options)
+        assert not not_options, f"{config_id(path)}: {not_options} are not options of " \
+                                "speech2speech_inference"
         unknown = set(conf.get("outputs", [])) - driver_outputs()
         assert not unknown, f"{config_id(path)}: outputs {sorted(unknown)} are not among " \
                             f"the driver's {sorted(driver_outputs())}"

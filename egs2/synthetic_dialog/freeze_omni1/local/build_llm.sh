@@ -4,7 +4,6 @@
 # statement + every train dialog turn), then fine-tuned on the train dialogs, whose questions
 # cover every test fact in another phrasing (sizes from ESPNET.md: hidden 256, 4 layers,
 # BPE 1000, ~1-3 min on 2 cores).
-# INTEGRATION PENDING: build_tiny_llm / train_text_llm are being finished by another engineer.
 set -euo pipefail
 
 out=exp/llm
