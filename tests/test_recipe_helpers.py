@@ -246,7 +246,9 @@ def test_driver_llm_link_and_upload_refusal(synthetic_recipe, tmp_path):
     assert (recipe / "exp/llm").resolve() == (tmp_path / "my_llm").resolve()
     proc = bash(f"./run.sh --stage 5 --stop_stage 5 --llm_path {tmp_path}", recipe)
     assert proc.returncode == 1 and "no config.json" in proc.stdout
-    proc = bash("./run.sh --stage 18 --stop_stage 18", recipe)
+    proc = bash("./run.sh --stage 18 --stop_stage 18", recipe, check=True)
+    assert "upload skipped" in proc.stdout  # off by default, so `make demo` ends cleanly
+    proc = bash("./run.sh --stage 18 --stop_stage 18 --skip_upload false", recipe)
     assert proc.returncode == 1 and "needs --hf_repo" in proc.stdout
 
 

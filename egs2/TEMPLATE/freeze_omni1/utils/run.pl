@@ -27,7 +27,8 @@ usage() {
     exit 1
 }
 
-max_jobs_run=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+# `nproc --all`: plain nproc obeys OMP_NUM_THREADS, which path.sh sets to 1 for the jobs
+max_jobs_run=$(nproc --all 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 while [ $# -gt 0 ]; do
     case "$1" in
         --max_jobs_run|--max-jobs-run) max_jobs_run=$2; shift 2 ;;
