@@ -109,6 +109,19 @@ def test_streaming_equals_chunk_masked_offline(num_frames, piece):
     assert (streamed - offline).abs().max().item() <= 1e-4
 
 
+def test_narrow_subsampling_channels_stream_like_offline():
+    # Tiny CPU configs narrow the subsampling convs; the streaming path must follow.
+    encoder = tiny_encoder(subsampling_channels=8).eval()
+    assert encoder.embed.conv[0].out_channels == 8
+    assert encoder.embed.out[0].in_features == 8 * (((FEAT_DIM - 1) // 2 - 1) // 2)
+    assert tiny_encoder().embed.conv[0].out_channels == 32  # default: d, as the release
+    feats = torch.randn(1, 16 * 3 + 5, FEAT_DIM)
+    with torch.inference_mode():
+        offline, _, _ = encoder(feats, torch.tensor([feats.size(1)]))
+        streamed, _ = stream(encoder, feats, 5)
+    assert (streamed - offline).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("chunk_size,left_chunks", [(1, 3), (3, 0), (2, -1)])
 def test_streaming_other_contexts_and_batch(chunk_size, left_chunks):
     encoder = tiny_encoder().eval()

@@ -18,7 +18,8 @@ TEMPLATE = REPO / "egs2" / "TEMPLATE" / "freeze_omni1"
 UTILS = TEMPLATE / "utils"
 TINY_CORPUS = ("--num_train 6 --num_dev 2 --num_test 2 --num_qa_train 10 --num_qa_test 2 "
                "--num_spoken_qa_train 2 --num_side_talk_train 1 --num_side_talk_test 1 "
-               "--num_people 6 --num_countries 3")
+               "--num_people 6 --num_countries 3 --num_tts_train 4 --num_tts_dev 2 "
+               "--num_repeat_train 5")
 
 
 def bash(script, cwd, env=None, check=False):
@@ -201,17 +202,23 @@ def test_driver_stages_1_to_4(synthetic_recipe):
     assert dd.read_kaldi_map(recipe / "data/train/.backup/dropped.txt") == \
         {"asr_train-00002": "empty transcript in text line 2"}
     assert "Speed perturbation: off" in out
-    # stage 3: every set at 16 kHz, training sets at 24 kHz too; stage 4: filtered sets
+    # stage 3: every speech-input set at 16 kHz; the recipe has TTS sets (--tts_train_set
+    # tts_train --tts_valid_set tts_dev), so they alone get 24 kHz; stage 4: filtered sets
     for rate, sets in ((16000, ("train", "dev", "test", "qa_train", "qa_test")),
-                       (24000, ("train", "dev", "qa_train"))):
+                       (24000, ("tts_train", "tts_dev"))):
         for s in sets:
             d = recipe / f"dump/raw{rate // 1000}k" / s
             assert dd.validate_data_dir(d, check_audio=True, sample_rate=rate) == [], d
             assert (d / "turn_info").is_file() and (d / "utt2num_samples").is_file()
+            assert (d / "audio_format").is_file() and (d / ".done").is_file()
     assert len(dd.read_kaldi_map(recipe / "dump/raw16k/train/wav.scp")) == 5
-    assert dd.read_kaldi_map(recipe / "dump/raw24k/train/utt2spk") == \
-        dd.read_kaldi_map(recipe / "dump/raw16k/train/utt2spk")
+    assert not (recipe / "dump/raw24k/train").exists()  # speech output does not train on it
+    assert not (recipe / "dump/raw16k/tts_train").exists()  # nor the encoder on TTS speech
+    assert len(dd.read_kaldi_map(recipe / "dump/raw24k/tts_train/wav.scp")) == 4
+    assert set(dd.read_kaldi_map(recipe / "dump/raw24k/tts_dev/utt2spk").values()) == \
+        {"en-us-s160-p50"}  # stage 1 took data/tts_* from local/data.sh: one voice
     assert "kept 5 of 5" in out and "qa_test is a test set: copied whole" in out
+    assert "kept 4 of 4" in out and "kept 2 of 2" in out  # the TTS sets, at 24 kHz
     logs = list((recipe / "exp/log/stage3_dump").glob("*/format_wav.*.log"))
     assert logs and all("# Ended (code 0)" in p.read_text() for p in logs)
 
@@ -219,22 +226,69 @@ def test_driver_stages_1_to_4(synthetic_recipe):
 def test_driver_skips_complete_stages(synthetic_recipe):
     recipe, _ = synthetic_recipe
     proc = bash("./run.sh --stage 1 --stop_stage 4", recipe, check=True)
-    assert "Stage 1: data/{train,dev,qa_train,test,qa_test} complete" in proc.stdout
-    assert proc.stdout.count("complete; skipping") == 8 + 5  # 8 dumps, 5 filtered sets
+    assert "Stage 1: data/{train,dev,qa_train,test,qa_test,tts_train,tts_dev} complete" \
+        in proc.stdout
+    assert proc.stdout.count("complete; skipping") == 7 + 7  # 5 + 2 dumps, 5 + 2 filtered
 
 
 def test_driver_speed_perturbation(synthetic_recipe):
     recipe, _ = synthetic_recipe
     proc = bash('./run.sh --stage 2 --stop_stage 4 --speed_perturb_factors "0.9 1.0 1.1"',
                 recipe, check=True)
-    assert re.search(banner(2) + "Speed perturbation of data/train", proc.stdout,
-                     re.M)
+    assert re.search(banner(2) + "Speed perturbation of data/train: factors 0.9 1.0 1.1 "
+                     r"\(not of the TTS set tts_train\)", proc.stdout, re.M)
     utts = dd.read_kaldi_map(recipe / "dump/raw16k/train_sp/utt2num_samples")
     assert len(utts) == 15
     assert int(utts["sp0.9-asr_train-00001"]) > int(utts["asr_train-00001"]) > \
         int(utts["sp1.1-asr_train-00001"])
+    # the TTS sets are never perturbed, and speech output trains on them, not on train_sp
+    assert not list(recipe.glob("data/tts_*_sp")) and not list(recipe.glob("dump/*/tts_*_sp"))
+    assert not (recipe / "dump/raw24k/train_sp").exists()
+
+
+def test_driver_without_tts_sets(synthetic_recipe):
+    """No --tts_train_set (mini_an4, librispeech_moss without a TTS corpus): every training
+    set, the speed-perturbed one included, also gets 24 kHz for the codec, filtered like its
+    16 kHz copy even though that was filtered in an earlier run."""
+    recipe, _ = synthetic_recipe
+    proc = bash('./run.sh --stage 2 --stop_stage 4 --speed_perturb_factors "0.9 1.0 1.1" '
+                '--tts_train_set "" --tts_valid_set ""', recipe, check=True)
+    assert "24000 Hz for {train_sp,dev,qa_train}" in proc.stdout
+    for s in ("train_sp", "dev", "qa_train"):
+        assert dd.read_kaldi_map(recipe / f"dump/raw24k/{s}/utt2spk") == \
+            dd.read_kaldi_map(recipe / f"dump/raw16k/{s}/utt2spk"), s
     assert soundfile.info(dd.read_kaldi_map(recipe / "dump/raw24k/train_sp/wav.scp")
                           ["sp1.1-asr_train-00003"]).samplerate == 24000
+    proc = bash("./run.sh --stage 13 --stop_stage 13 --tts_train_set ''", recipe)
+    assert proc.returncode == 1
+    assert "Stage 13 needs exp/codec_tokens/train/codec_tokens, which stage 12 makes" \
+        in proc.stdout
+
+
+def test_driver_speech_output_on_tts_sets(synthetic_recipe):
+    """--tts_train_set/--tts_valid_set replace train/dev in stages 11-14."""
+    recipe, _ = synthetic_recipe
+    proc = bash("./run.sh --stage 13 --stop_stage 13", recipe)
+    assert proc.returncode == 1
+    assert "Stage 13 needs exp/codec_tokens/tts_train/codec_tokens, which stage 12 makes" \
+        in proc.stdout
+    proc = bash("./run.sh --stage 11 --stop_stage 12 --codec_args "
+                "'--vocab_size 8 --kmeans_iters 2 --gl_iters 1 --num_threads 1 --no_progress'",
+                recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(banner(11) + r"Codec training \(embedded\) on tts_train$", proc.stdout,
+                     re.M)
+    assert re.search(banner(12) + r"Codec tokens of \{tts_train,tts_dev\}$", proc.stdout, re.M)
+    for s, n in (("tts_train", 4), ("tts_dev", 2)):
+        tokens = dd.read_kaldi_map(recipe / f"exp/codec_tokens/{s}/codec_tokens")
+        assert sorted(tokens) == sorted(dd.read_kaldi_map(recipe / f"data/{s}/text")), s
+        assert len(tokens) == n and all(t.split() for t in tokens.values())
+    assert not (recipe / "exp/codec_tokens/train").exists()
+    assert "codec_conf.yaml written (embedded codec, trained on tts_train)" in proc.stdout
+    # a codec trained on other data is kept, but said so
+    proc = bash("./run.sh --stage 11 --stop_stage 11 --tts_train_set tts_dev", recipe,
+                check=True)
+    assert "that codec was trained on tts_train, not tts_dev" in proc.stdout
 
 
 def test_driver_llm_link_and_upload_refusal(synthetic_recipe, tmp_path):

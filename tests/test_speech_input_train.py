@@ -98,16 +98,22 @@ def test_stage2_llm_loss_goes_down_and_starts_from_stage1(stage_dirs):
     assert stats[1]["train"]["loss_ctc"] < epoch_stats(s1)[1]["train"]["loss_ctc"]
 
 
-def test_stage3_trains_prompt_and_state_head_only(stage_dirs):
+def test_stage3_keeps_the_configured_parts_frozen(stage_dirs):
+    import yaml
+
     _, s2, s3 = stage_dirs
     stats = epoch_stats(s3)
     assert stats[4]["train"]["loss"] < stats[1]["train"]["loss"]
     assert "acc_state" in stats[4]["valid"] and "loss_state" in stats[4]["train"]
+    frozen = yaml.safe_load((CONF / "speech_input_stage3_tiny.yaml").read_text())["freeze_param"]
+    assert "encoder" in frozen and "task_embeddings" in frozen
     before = torch.load(s2 / "4epoch.pth", map_location="cpu")
     after = torch.load(s3 / "4epoch.pth", map_location="cpu")
     for name in before:
-        if name.startswith(("encoder.", "adapter.")):
+        if name.startswith(tuple(f"{p}." for p in frozen)):
             assert torch.equal(before[name], after[name]), f"{name} changed while frozen"
+    if "adapter" not in frozen:  # the tiny config trains it (see the config's comment)
+        assert not torch.equal(before["adapter.project.weight"], after["adapter.project.weight"])
     assert "prompt_embeddings.weight" in after and "predictor_head.weight" in after
 
 
@@ -276,3 +282,24 @@ def test_decoding_entry_point_writes_every_utterance(stage_dirs, spoken_corpus, 
         assert [line.split()[0] for line in lines] == ids
         if mode == "listen":
             assert all(line.split()[1] in "012" for line in lines)
+
+
+def test_asr_instruction_is_text_before_the_task_embeddings(spoken_corpus, stats_dir, tiny_llm_dir):
+    from espnet_freeze_omni.llm.chat_template import ChatTemplate
+
+    model = build_model_from_config(2, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    ids = ChatTemplate(model.llm.tokenizer).question_ids("Repeat after me:")
+    assert model.asr_instruction_ids.tolist() == ids and ids  # the stage-2 config's cue
+    learned = model.before_audio(2, torch.device("cpu"))
+    task_num = model.task_embeddings.num_embeddings
+    assert learned.shape == (2, len(ids) + task_num, model.llm.hidden_size)
+    with torch.no_grad():
+        text = model.llm.embed_tokens(torch.tensor(ids))
+    assert torch.equal(learned[0, :len(ids)], text.to(learned.dtype))
+    assert torch.equal(learned[1, len(ids):], model.task_embeddings.weight)
+    # a text cue, not a parameter: checkpoints keep the release's keys
+    assert not any("instruction" in k for k in model.state_dict())
+    # stage 3 keeps the cue for ASR through the LLM, and answers with its prompt embeddings
+    dialog = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    assert dialog.before_audio(1, torch.device("cpu"), task="asr").size(1) == len(ids) + task_num
+    assert dialog.before_audio(1, torch.device("cpu")).size(1) == dialog.prompt_embeddings.num_embeddings

@@ -3,12 +3,20 @@ import json
 
 import soundfile
 
+import pytest
+
 from espnet_freeze_omni.data import datadir as dd
-from espnet_freeze_omni.data.synthetic_world import CorpusSizes, generate_corpus, make_corpus
+from espnet_freeze_omni.data.espeak import pick_voice
+from espnet_freeze_omni.data.synthetic_world import (ASSISTANT_VOICE, REPEAT_PROMPT,
+                                                     TTS_TRAILING_SILENCE, CorpusSizes,
+                                                     generate_corpus, make_corpus)
+from espnet_freeze_omni.llm.dialogs import read_dialogs
 
 SMALL = CorpusSizes(num_train=300, num_dev=40, num_test=40, num_qa_train=400, num_qa_test=60,
                     num_spoken_qa_train=50, num_side_talk_train=20, num_side_talk_test=10,
-                    num_countries=8, num_people=40)
+                    num_countries=8, num_people=40, num_tts_train=400, num_tts_dev=30,
+                    num_repeat_train=500)
+TTS_SETS = ("tts_train", "tts_dev")
 
 
 def read_all(root):
@@ -24,7 +32,11 @@ def test_deterministic_given_the_seed(tmp_path):
     assert a == b
     assert a.keys() == c.keys() and a["local/world/world.json"] != c["local/world/world.json"]
     assert {"local/world/facts.txt", "local/world/llm_text.txt", "local/world/qa_train.jsonl",
-            "local/world/qa_test.jsonl", "local/world/qa_test_refs.jsonl"} <= a.keys()
+            "local/world/qa_test.jsonl", "local/world/qa_test_refs.jsonl",
+            "local/world/repeat_train.jsonl", "local/world/utterances_tts_train.tsv",
+            "local/world/utterances_tts_dev.tsv"} <= a.keys()
+    for name in ("repeat_train.jsonl", "utterances_tts_train.tsv", "utterances_tts_dev.tsv"):
+        assert a[f"local/world/{name}"] != c[f"local/world/{name}"], name
 
 
 def test_qa_test_held_out_by_text_but_facts_known():
@@ -54,17 +66,102 @@ def test_asr_and_side_talk_held_out_by_text():
     assert not texts["dev"] & texts["test"]
     assert len(corpus.spoken["train"]) == 300 and len(texts["test"]) == 40  # test texts unique
     assert not set(corpus.side_talk_train) & set(corpus.side_talk_test)
+    # nothing spoken in qa_test (questions, side talk) is heard in any ASR set
+    asr_texts = texts["train"] | texts["dev"] | texts["test"]
+    assert not asr_texts & texts["qa_test"]
+    assert any(t in set(corpus.side_talk_train) for t in texts["train"])  # side talk is in ASR
     side = [u for u in corpus.spoken["qa_test"] if u.label == 2]
     assert len(side) == 10 and {u.text for u in side} <= set(corpus.side_talk_test)
     assert all(u.label == 1 for u in corpus.spoken["qa_test"] if u.utt_id.startswith("qa_test"))
-    assert all(0.6 <= u.trailing_silence <= 1.0 for v in corpus.spoken.values() for u in v)
+    assert all(0.6 <= u.trailing_silence <= 1.0 for k, v in corpus.spoken.items() for u in v
+               if k not in TTS_SETS)
+
+
+def test_tts_sets_one_voice_assistant_answers_test_answers_held_out():
+    corpus = generate_corpus(0, SMALL)
+    tts = {k: corpus.spoken[k] for k in TTS_SETS}
+    assert len(tts["tts_train"]) == 400 and len(tts["tts_dev"]) == 30
+    # one voice, at normal speed and pitch, that the ASR training set also speaks with
+    voices = {u.voice_index for k in TTS_SETS for u in tts[k]}
+    assert len(voices) == 1 and pick_voice(voices.pop()) == ASSISTANT_VOICE
+    assert ASSISTANT_VOICE in [pick_voice(u.voice_index) for u in corpus.spoken["train"]]
+    assert all(u.trailing_silence == TTS_TRAILING_SILENCE and u.label == 1
+               for k in TTS_SETS for u in tts[k])
+    texts = {k: [u.text for u in v] for k, v in tts.items()}
+    assert len(set(texts["tts_train"])) == 400 and len(set(texts["tts_dev"])) == 30
+    assert not set(texts["tts_train"]) & set(texts["tts_dev"])
+    # the answers of the test questions are in neither
+    test_answers = {t["content"] for d in corpus.qa_test for t in d["turns"][1::2]}
+    assert len(test_answers) > 40
+    assert not test_answers & (set(texts["tts_train"]) | set(texts["tts_dev"]))
+    # the phrasing of the assistant turns: tts_dev and the first part of tts_train are world
+    # answers the train dialogs give; the rest of tts_train says the same of invented people
+    statements = {f.statement for f in corpus.world.facts}
+    train_answers = {t["content"] for d in corpus.qa_train for t in d["turns"][1::2]}
+    assert set(texts["tts_dev"]) <= statements
+    assert len(set(texts["tts_dev"]) & train_answers) > 20
+    world = [t for t in texts["tts_train"] if t in statements]
+    assert len(world) == len(statements - test_answers) - 30
+    names = {n for p in corpus.world.people for n in p["name"].split()}
+    templates = ("lives in", "works as", "favorite color is", "named", "years old")
+    for t in texts["tts_train"]:
+        if t not in statements:
+            assert any(k in t for k in templates) and t.split()[0] not in names, t
+    # deterministic: the same seed gives the same sets, another seed others
+    again, other = generate_corpus(0, SMALL), generate_corpus(1, SMALL)
+    assert [u.text for u in again.spoken["tts_train"]] == texts["tts_train"]
+    assert [u.text for u in other.spoken["tts_train"]] != texts["tts_train"]
+
+
+def test_tts_sets_leave_the_other_sets_unchanged():
+    """Adding the TTS sets and repeat dialogs must not reshuffle the corpus recipes use."""
+    with_tts = generate_corpus(0, SMALL)
+    without = generate_corpus(0, CorpusSizes(**{**SMALL.__dict__, "num_tts_train": 0,
+                                                "num_tts_dev": 0, "num_repeat_train": 0}))
+    assert with_tts.qa_train == without.qa_train and with_tts.qa_test == without.qa_test
+    for k in ("train", "dev", "test", "qa_train", "qa_test"):
+        assert with_tts.spoken[k] == without.spoken[k], k
+    assert without.spoken["tts_train"] == [] and without.repeat_train == []
+
+
+def test_repeat_dialogs_copy_train_sentences_only(tmp_path):
+    corpus = make_corpus(tmp_path, seed=0, sizes=SMALL, text_only=True)
+    dialogs = read_dialogs(tmp_path / "local/world/repeat_train.jsonl")  # checks the format
+    assert dialogs == corpus.repeat_train and len(dialogs) == 500
+    sentences = []
+    for d in dialogs:
+        user, assistant = d["turns"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"] == REPEAT_PROMPT.format(assistant["content"])
+        assert user["content"] == "Repeat after me: " + assistant["content"]
+        sentences.append(assistant["content"])
+    assert len(set(sentences)) == len(sentences)  # enough train sentences for 500
+    asr_train = {u.text for u in corpus.spoken["train"]}
+    dialog_train = {t["content"] for d in corpus.qa_train for t in d["turns"]}
+    assert set(sentences) <= asr_train | dialog_train
+    assert set(sentences) & asr_train - dialog_train  # both sources are drawn from
+    assert set(sentences) & dialog_train - asr_train
+    unseen = {u.text for k in ("dev", "test", "qa_test") for u in corpus.spoken[k]} | \
+        {t["content"] for d in corpus.qa_test for t in d["turns"]} | set(corpus.side_talk_test)
+    assert not set(sentences) & unseen
+    assert "repeat_train.jsonl" in (tmp_path / "local/world/README.txt").read_text()
+
+
+def test_unknown_set_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set.*tts_test"):
+        make_corpus(tmp_path, seed=0, sizes=SMALL, sets=["tts_train", "tts_test"])
 
 
 def test_spoken_data_dirs(tmp_path):
     sizes = CorpusSizes(num_train=3, num_dev=1, num_test=1, num_qa_train=6, num_qa_test=2,
                         num_spoken_qa_train=1, num_side_talk_train=1, num_side_talk_test=1,
-                        num_countries=3, num_people=5)
+                        num_countries=3, num_people=5, num_tts_train=2, num_tts_dev=1,
+                        num_repeat_train=3)
     corpus = make_corpus(tmp_path, seed=0, sizes=sizes, num_workers=2)
+    assert {p.name for p in tmp_path.iterdir()} >= {"tts_train", "tts_dev"}
+    for name in TTS_SETS:  # one speaker: the assistant's voice
+        assert set(dd.read_kaldi_map(tmp_path / name / "utt2spk").values()) == \
+            {"en-us-s160-p50"}, name
     for name, utts in corpus.spoken.items():
         d = tmp_path / name
         assert dd.validate_data_dir(d, check_audio=True, sample_rate=16000) == [], name
@@ -74,7 +171,7 @@ def test_spoken_data_dirs(tmp_path):
             label, end = turns[u.utt_id]
             assert label == u.label
             duration = soundfile.info(wav[u.utt_id]).duration
-            # speech ends before the padded silence, which is at least 0.6 s long
+            # speech ends before the padded silence (0.6-1.0 s; TTS_TRAILING_SILENCE for TTS)
             assert 0.3 < end <= duration - u.trailing_silence + 0.02
     refs = [json.loads(l) for l in (tmp_path / "local/world/qa_test_refs.jsonl").open()]
     assert {r["id"] for r in refs} <= set(dd.read_kaldi_map(tmp_path / "qa_test" / "text"))

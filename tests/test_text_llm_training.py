@@ -116,3 +116,23 @@ def test_bad_dialog_is_reported(llm_dir, tmp_path):
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: malformed JSON"):
         train_cli.main(["--llm_dir", str(llm_dir), "--dialogs", str(bad), "--out_dir",
                         str(tmp_path / "out"), "--steps", "1"])
+
+
+def test_length_bucketed_pass_is_a_shuffled_permutation_with_little_padding():
+    from espnet_freeze_omni.llm.text_training import length_bucketed_pass
+
+    lengths = [int(x) for x in torch.randint(10, 200, (1000,), generator=torch.Generator().manual_seed(1))]
+    order = length_bucketed_pass(lengths, 16, torch.Generator().manual_seed(0), pool_batches=8)
+    assert sorted(order) == list(range(1000))
+    assert order == length_bucketed_pass(lengths, 16, torch.Generator().manual_seed(0), pool_batches=8)
+    assert order != length_bucketed_pass(lengths, 16, torch.Generator().manual_seed(1), pool_batches=8)
+
+    def padded(order):
+        return sum(16 * max(lengths[i] for i in order[k:k + 16]) - sum(lengths[i] for i in order[k:k + 16])
+                   for k in range(0, 992, 16))
+
+    random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padded(order) < 0.25 * padded(random_order)
+    # batches are not simply sorted: long and short batches are interleaved
+    firsts = [lengths[order[k]] for k in range(0, 992, 16)]
+    assert firsts != sorted(firsts)

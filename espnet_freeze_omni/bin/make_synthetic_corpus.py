@@ -4,12 +4,15 @@
         [--num_train 2000] [--num_dev 100] [--num_test 100] [--num_qa_train 3000] \
         [--num_qa_test 200] [--num_spoken_qa_train 600] [--num_side_talk_train 200] \
         [--num_side_talk_test 50] [--max_turns 3] [--num_countries 24] [--num_people 120] \
-        [--sets "train dev test qa_train qa_test"] [--wav_dir DIR] [--nj 2] \
+        [--num_tts_train 1500] [--num_tts_dev 100] [--num_repeat_train 1500] \
+        [--sets "train dev test qa_train qa_test tts_train tts_dev"] [--wav_dir DIR] [--nj 2] \
         [--sample_rate 16000] [--text_only false]
 
 Writes <out>/local/world/ (world.json, facts.txt, qa_{train,test}.jsonl, qa_test_refs.jsonl,
-side talk, utterance lists) and the Kaldi data dirs <out>/{train,dev,test,qa_train,qa_test}
-(wav.scp, text, utt2spk, spk2utt, turn_info). Deterministic given the seed and sizes.
+repeat_train.jsonl, side talk, utterance lists) and the Kaldi data dirs
+<out>/{train,dev,test,qa_train,qa_test,tts_train,tts_dev} (wav.scp, text, utt2spk, spk2utt,
+turn_info); tts_train/tts_dev are assistant answers in one assistant voice, for the codec and
+the speech decoder. Deterministic given the seed and sizes.
 """
 import argparse
 import dataclasses
@@ -18,7 +21,7 @@ import time
 
 from espnet2.utils.types import str2bool, str_or_none
 
-from espnet_freeze_omni.data.synthetic_world import CorpusSizes, make_corpus
+from espnet_freeze_omni.data.synthetic_world import SPOKEN_SETS, CorpusSizes, make_corpus
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -29,7 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(CorpusSizes):
         parser.add_argument(f"--{field.name}", type=int, default=field.default)
     parser.add_argument("--sets", type=str_or_none, default=None,
-                        help="space-separated subset of train dev test qa_train qa_test to "
+                        help=f"space-separated subset of {' '.join(SPOKEN_SETS)} to "
                              "synthesize (default: all)")
     parser.add_argument("--wav_dir", type=str_or_none, default=None,
                         help="where the wavs go (default: <out>/local/wav)")
@@ -49,7 +52,8 @@ def main(cmd=None) -> int:
     spoken = ", ".join(f"{k} {len(v)}" for k, v in corpus.spoken.items())
     print(f"make_synthetic_corpus: seed {args.seed}, {len(corpus.world.facts)} facts, "
           f"{len(corpus.qa_train)} train / {len(corpus.qa_test)} test dialogs, "
-          f"{len(corpus.qa_test_refs)} test questions; utterances: {spoken}"
+          f"{len(corpus.qa_test_refs)} test questions, {len(corpus.repeat_train)} repeat "
+          f"dialogs; utterances: {spoken}"
           f"{' (text only)' if args.text_only else ''}; {time.time() - start:.1f} s")
     return 0
 

@@ -1,7 +1,7 @@
 """Fine-tune a (tiny) LLM on multi-turn text dialogs, loss on the assistant tokens only.
 
     python -m espnet_freeze_omni.bin.train_text_llm --llm_dir exp/tiny_llm \
-        --dialogs data/local/world/dialogs_train.jsonl --steps 600 --out_dir exp/text_llm \
+        --dialogs data/local/world/qa_train.jsonl [more.jsonl ...] --steps 600 --out_dir exp/text_llm \
         [--batch_size 16 --lr 1e-3 --save_every 200 --resume --eval_dialogs 200]
 
 Dialogs are JSON lines {"turns": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}.
@@ -22,7 +22,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm_dir", required=True, help="LLM folder to start from")
-    parser.add_argument("--dialogs", required=True, help="training dialogs, JSON lines")
+    parser.add_argument("--dialogs", required=True, nargs="+",
+                        help="training dialogs, JSON lines (several files are concatenated)")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -46,7 +47,7 @@ def main(cmd=None) -> None:
     args = get_parser().parse_args(cmd)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    dialogs = read_dialogs(args.dialogs)
+    dialogs = [dialog for path in args.dialogs for dialog in read_dialogs(path)]
     result = train_text_llm(
         args.llm_dir, dialogs, args.out_dir, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,

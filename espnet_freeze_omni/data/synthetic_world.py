@@ -6,19 +6,33 @@ statement ("The capital of Zorvia is Quell.") and several question phrasings ("W
 capital of Zorvia?", "Which city is the capital of Zorvia?", ...). From it come:
 
 (a) ASR sentences (statements, questions, side talk) split train/dev/test BY TEXT: no dev
-    or test sentence is ever spoken in train, whatever the voice;
+    or test sentence, spoken test question (qa_test) or test side talk is ever spoken in
+    train, whatever the voice;
 (b) multi-turn Q&A dialogs, JSON lines {"id", "turns": [{"role", "content"}, ...]}; a test
     question is a (fact, phrasing) pair whose text never occurs in train, while its fact is
     in the LLM's training text (every statement is) and, by default, is also asked in train
     QA with another phrasing, so a small LLM trained on statements + train QA can answer it;
 (c) reference answers {"id", "question", "answers": [aliases]} for the containment scorer;
 (d) side talk not addressed to the assistant ("Hey Sam, pass me the salt."), held out by
-    text too, for the state head (turn label 2).
+    text too, for the state head (turn label 2);
+(e) a TTS corpus for the codec and the speech decoder, `tts_train` / `tts_dev`: assistant
+    answers in exactly the phrasing the dialogs' assistant turns use (the fact statements,
+    "Raser Theeth has a cat named Tidoun."), all in ONE assistant voice (ASSISTANT_VOICE:
+    en-us at normal speed and pitch, a voice the ASR sets also use, so the recipe's own ASR
+    can score speech output). The answers of the test questions (the statements of the
+    qa_test facts) are held out of both. tts_dev holds world answers only; tts_train takes
+    the remaining world answers and, when it wants more, answers about extra invented people
+    (same statement templates, names never used in the world);
+(f) copy dialogs "Repeat after me: <sentence>" -> "<sentence>" (`repeat_train.jsonl`, the
+    format of qa_train.jsonl), the sentences drawn from the ASR train texts and the train
+    dialogs, never from a dev, test or qa_test text: the small frozen LLM learns to copy, so
+    that ASR through it (speech input stage 2) is learnable.
 
 `make_corpus` writes the text artifacts under `<out>/local/world/` and, unless text_only,
-speaks them into Kaldi data dirs `<out>/{train,dev,test,qa_train,qa_test}` at 16 kHz with
-`turn_info` (label 1 addressed / 2 side talk, speech end in seconds); every utterance ends
-with 0.6-1.0 s of silence so the turn end is learnable.
+speaks them into Kaldi data dirs `<out>/{train,dev,test,qa_train,qa_test,tts_train,tts_dev}`
+at 16 kHz with `turn_info` (label 1 addressed / 2 side talk, speech end in seconds); every
+utterance of the ASR and QA sets ends with 0.6-1.0 s of silence so the turn end is learnable,
+every TTS utterance with TTS_TRAILING_SILENCE.
 """
 from __future__ import annotations
 
@@ -28,6 +42,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from espnet_freeze_omni.data.espeak import pick_voice
 from espnet_freeze_omni.scoring.numbers import number_to_words
 
 JOBS = ("baker", "pilot", "teacher", "doctor", "farmer", "painter", "nurse", "engineer",
@@ -56,6 +71,22 @@ SIDE_TALK_TEMPLATES = (
     "{n}, don't forget the {o} tomorrow.",
     "Thanks {n}, just put the {o} on the table.",
 )
+
+# The assistant's one voice (data/tts_*): espeak-ng's en-us at its normal speed and pitch,
+# one of the voice/speed/pitch combinations pick_voice gives the ASR sets.
+ASSISTANT_VOICE = dict(voice="en-us", speed=160, pitch=50)
+TTS_TRAILING_SILENCE = 0.2  # seconds after each TTS utterance (a short, fixed pause)
+REPEAT_PROMPT = "Repeat after me: {}"
+SPOKEN_SETS = ("train", "dev", "test", "qa_train", "qa_test", "tts_train", "tts_dev")
+
+
+def assistant_voice_index() -> int:
+    """The first voice index that espeak.pick_voice turns into ASSISTANT_VOICE."""
+    for index in range(1000):
+        if pick_voice(index) == ASSISTANT_VOICE:
+            return index
+    raise ValueError(f"espeak.pick_voice never gives {ASSISTANT_VOICE}")
+
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
            "kr", "tr", "st", "th", "sh", "gl", "pl")
@@ -220,6 +251,9 @@ class CorpusSizes:
     max_turns: int = 3  # user turns per dialog
     num_countries: int = 24
     num_people: int = 120
+    num_tts_train: int = 1500  # assistant answers in the assistant voice (codec, speech output)
+    num_tts_dev: int = 100  # their validation set (world answers never in tts_train)
+    num_repeat_train: int = 1500  # "Repeat after me: ..." dialogs (LLM training, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +295,64 @@ class Corpus:
     side_talk_train: List[str]
     side_talk_test: List[str]
     spoken: Dict[str, List[Utterance]]  # data set -> utterances
+    repeat_train: List[dict] = dataclasses.field(default_factory=list)  # copy dialogs
+
+
+def _extra_answers(world: World, rng: random.Random, count: int) -> List[str]:
+    """`count` statements about invented people who are not in the world (living in its
+    cities), in the RELATIONS statement templates; none can be a world answer."""
+    reserved = list(HOUSEMATES)
+    for c in world.countries:
+        reserved += [c["name"], c["capital"], c["language"]]
+    reserved += [c["name"] for c in world.cities]
+    for p in world.people:
+        reserved += p["name"].split() + [p["petname"]]
+    names = _Names(rng, reserved)
+    person_relations = ("lives_in", "job", "color", "pet", "age")
+    sentences: List[str] = []
+    while len(sentences) < count:
+        first, last = names.make(2), names.make(rng.choice((1, 2)))
+        slots = dict(p=f"{first} {last}", city=rng.choice(world.cities)["name"],
+                     job=_article(rng.choice(JOBS)), color=rng.choice(COLORS),
+                     pet=rng.choice(PETS), petname=names.make(2),
+                     age=number_to_words(rng.randint(18, 90)))
+        sentences += [RELATIONS[r][0].format(**slots) for r in person_relations]
+    rng.shuffle(sentences)
+    return sentences[:count]
+
+
+def _tts_sets(world: World, qa_test: List[dict], seed: int, sizes: CorpusSizes
+              ) -> Dict[str, List[Utterance]]:
+    """tts_train / tts_dev: assistant answers in ASSISTANT_VOICE, the qa_test answers held
+    out; tts_dev and tts_train share no text."""
+    rng = random.Random(f"freeze-omni-tts-{seed}")
+    held_out = {world.facts[f].statement for d in qa_test for f, _ in d["facts"]}
+    answers = [s for s in dict.fromkeys(f.statement for f in world.facts) if s not in held_out]
+    rng.shuffle(answers)
+    if sizes.num_tts_dev >= len(answers) and sizes.num_tts_train > 0:
+        raise ValueError(f"num_tts_dev={sizes.num_tts_dev} leaves none of the world's "
+                         f"{len(answers)} answers (test answers held out) for tts_train")
+    dev, rest = answers[:sizes.num_tts_dev], answers[sizes.num_tts_dev:]
+    train = rest[:sizes.num_tts_train]
+    train += _extra_answers(world, rng, sizes.num_tts_train - len(train))
+    voice = assistant_voice_index()
+    return {name: [Utterance(f"{name}-{i + 1:05d}", t, 1, voice, TTS_TRAILING_SILENCE)
+                   for i, t in enumerate(texts)]
+            for name, texts in (("tts_train", train), ("tts_dev", dev))}
+
+
+def _repeat_dialogs(train_texts: Sequence[str], unseen: set, seed: int,
+                    count: int) -> List[dict]:
+    """`count` one-turn copy dialogs over the train texts that are not in `unseen`."""
+    rng = random.Random(f"freeze-omni-repeat-{seed}")
+    pool = [t for t in dict.fromkeys(train_texts) if t not in unseen]
+    if count and not pool:
+        raise ValueError("no train sentence for the repeat dialogs")
+    rng.shuffle(pool)
+    return [dict(id=f"repeat_train-{i + 1:05d}",
+                 turns=[dict(role="user", content=REPEAT_PROMPT.format(pool[i % len(pool)])),
+                        dict(role="assistant", content=pool[i % len(pool)])])
+            for i in range(count)]
 
 
 def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
@@ -309,10 +401,12 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
     side_test, side_train = side[:n_side_test], side[n_side_test:]
 
     # --- ASR sentences: statements, questions and side talk; dev/test held out by text ---
-    fact_sentences = {f.statement for f in world.facts} | \
-        {q for f in world.facts for q in f.questions}
+    # The spoken test questions (qa_test) and test side talk stay out of every ASR set, so
+    # speech-in QA and the state head are scored on sentences never heard in training.
+    fact_sentences = ({f.statement for f in world.facts} |
+                      {q for f in world.facts for q in f.questions}) - {r["question"] for r in refs}
     # side talk is about one sentence in seven of the ASR data, not a third of it
-    pool = sorted(fact_sentences | set(side[:max(1, len(fact_sentences) // 6)]))
+    pool = sorted(fact_sentences | set(side_train[:max(1, len(fact_sentences) // 6)]))
     rng.shuffle(pool)
     n_dev, n_test = sizes.num_dev, sizes.num_test
     if n_dev + n_test >= len(pool):
@@ -336,7 +430,14 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
     spoken["qa_train"] = qa_train_utts[:sizes.num_spoken_qa_train] + side_train_utts
     spoken["qa_test"] = [_utterance(rng, r["id"], r["question"], 1) for r in refs] + \
         [_utterance(rng, f"side_test-{i + 1:05d}", t, 2) for i, t in enumerate(side_test)]
-    return Corpus(world, qa_train, qa_test, refs, side_train, side_test, spoken)
+
+    # --- TTS sets and copy dialogs: random streams of their own, so the sets above are the
+    # same with or without them ---
+    spoken.update(_tts_sets(world, qa_test, seed, sizes))
+    turns = lambda dialogs: [t["content"] for d in dialogs for t in d["turns"]]
+    unseen = set(asr_dev) | set(asr_test) | set(side_test) | set(turns(qa_test))
+    repeat = _repeat_dialogs(asr_train + turns(qa_train), unseen, seed, sizes.num_repeat_train)
+    return Corpus(world, qa_train, qa_test, refs, side_train, side_test, spoken, repeat)
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -352,8 +453,15 @@ llm_text.txt          facts.txt + every turn of qa_train.jsonl: the small LLM's 
 qa_train.jsonl        train dialogs {{"id", "turns": [{{"role", "content"}}, ...], "facts"}}
 qa_test.jsonl         test dialogs; no test question text occurs in qa_train.jsonl
 qa_test_refs.jsonl    {{"id": "<dialog>-t<k>", "question", "answers": [aliases]}} per test question
+repeat_train.jsonl    copy dialogs, format of qa_train.jsonl: user "Repeat after me: <sentence>",
+                      assistant "<sentence>"; sentences from the ASR train texts and the train
+                      dialogs only (never dev/test/qa_test): the small LLM learns to copy, so
+                      ASR through the frozen LLM (speech input stage 2) is learnable
 side_talk_{{train,test}}.txt  speech not addressed to the assistant (disjoint by text)
-utterances_<set>.tsv  utt_id, turn label, voice index, trailing silence, text of data/<set>
+utterances_<set>.tsv  utt_id, turn label, voice index, trailing silence, text of data/<set>;
+                      tts_train / tts_dev: assistant answers for the codec and the speech
+                      decoder (the qa_test answers held out), all in one assistant voice:
+                      {voice}
 """
 
 
@@ -373,6 +481,7 @@ def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
     _write_jsonl(world_dir / "qa_train.jsonl", corpus.qa_train)
     _write_jsonl(world_dir / "qa_test.jsonl", corpus.qa_test)
     _write_jsonl(world_dir / "qa_test_refs.jsonl", corpus.qa_test_refs)
+    _write_jsonl(world_dir / "repeat_train.jsonl", corpus.repeat_train)
     for name, lines in (("side_talk_train.txt", corpus.side_talk_train),
                         ("side_talk_test.txt", corpus.side_talk_test)):
         (world_dir / name).write_text("".join(s + "\n" for s in lines), encoding="utf-8")
@@ -381,7 +490,9 @@ def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
             for u in utts:
                 f.write(f"{u.utt_id}\t{u.label}\t{u.voice_index}\t{u.trailing_silence:.2f}\t"
                         f"{u.text}\n")
-    (world_dir / "README.txt").write_text(WORLD_README.format(seed=corpus.world.seed))
+    voice = "espeak-ng -v {voice} -s {speed} -p {pitch}".format(**ASSISTANT_VOICE)
+    (world_dir / "README.txt").write_text(WORLD_README.format(seed=corpus.world.seed,
+                                                              voice=voice))
     return world_dir
 
 
@@ -392,6 +503,9 @@ def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusS
     """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs."""
     from espnet_freeze_omni.data.datadir import SpokenTurn, synthesize_turn_datadir
 
+    unknown = sorted(set(sets or ()) - set(SPOKEN_SETS))
+    if unknown:
+        raise ValueError(f"unknown data set(s) {unknown}: choose from {' '.join(SPOKEN_SETS)}")
     out_dir = Path(out_dir)
     corpus = generate_corpus(seed, sizes)
     write_corpus_texts(corpus, out_dir / "local" / "world")

@@ -88,17 +88,20 @@ class Conv2dSubsampling4(nn.Module):
     subsampling_rate = 4
     receptive_field = 7
 
-    def __init__(self, input_size: int, output_size: int):
+    def __init__(self, input_size: int, output_size: int, channels: int | None = None):
         super().__init__()
+        # The release uses d channels; at d=1024 that is ~90 % of a tiny encoder's compute
+        # on CPU, so small configs may narrow the convolutions (channels < d).
+        channels = channels or output_size
         self.conv = nn.Sequential(
-            nn.Conv2d(1, output_size, 3, 2),
+            nn.Conv2d(1, channels, 3, 2),
             nn.ReLU(),
-            nn.Conv2d(output_size, output_size, 3, 2),
+            nn.Conv2d(channels, channels, 3, 2),
             nn.ReLU(),
         )
         freq_out = ((input_size - 1) // 2 - 1) // 2
         # A one-layer Sequential keeps the release's parameter names (embed.out.0.weight).
-        self.out = nn.Sequential(nn.Linear(output_size * freq_out, output_size))
+        self.out = nn.Sequential(nn.Linear(channels * freq_out, output_size))
 
     @staticmethod
     def output_lengths(input_lengths: torch.Tensor) -> torch.Tensor:
@@ -258,6 +261,8 @@ class StreamingChunkEncoder(AbsEncoder):
             one position embedding. 256 frames (~10 s) is far beyond the streaming window
             ((left_chunks + 1) * chunk_size = 68 frames) and keeps the position term bounded
             for long full-context utterances.
+        subsampling_channels: channels of the two subsampling convolutions (default d, as
+            the release); tiny CPU configs use 32.
     """
 
     def __init__(
@@ -275,6 +280,7 @@ class StreamingChunkEncoder(AbsEncoder):
         dynamic_chunk_training: bool = False,
         full_context: bool = False,
         max_relative_position: int = 256,
+        subsampling_channels: int | None = None,
     ):
         super().__init__()
         self._output_size = output_size
@@ -286,7 +292,7 @@ class StreamingChunkEncoder(AbsEncoder):
         # ESPnet/WeNet scale the subsampled features by sqrt(d) before the layers.
         self.xscale = math.sqrt(output_size)
 
-        self.embed = Conv2dSubsampling4(input_size, output_size)
+        self.embed = Conv2dSubsampling4(input_size, output_size, subsampling_channels)
         self.pos_dropout = nn.Dropout(positional_dropout_rate)
         self.encoders = nn.ModuleList(
             EncoderLayer(

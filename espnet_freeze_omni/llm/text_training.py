@@ -67,6 +67,26 @@ def _collate(examples: Sequence[Tuple[List[int], List[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def length_bucketed_pass(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, pool_batches: int = 32
+) -> List[int]:
+    """One shuffled pass over the examples, arranged so that consecutive `batch_size` runs
+    hold examples of similar length: a random pool of `pool_batches` batches is sorted by
+    length and cut into batches, and all batches are shuffled. Padding then costs little
+    when short dialogs (copy tasks) and long multi-turn ones are mixed.
+    """
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = sorted(perm[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    # a short remainder batch goes last, so every other batch is full
+    shuffled.sort(key=lambda b: len(batches[b]) < batch_size)
+    return [i for b in shuffled for i in batches[b]]
+
+
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 % of the peak."""
     if step < warmup:
@@ -132,6 +152,7 @@ def train_text_llm(
             examples.append(encode_dialog(template, dialog, max_len))
         except ValueError as e:
             raise ValueError(f"dialog {k}: {e}") from None
+    lengths = [len(ids) for ids, _ in examples]
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = template.end_of_turn_ids[0]
@@ -164,10 +185,11 @@ def train_text_llm(
         bar = tqdm(total=steps, initial=min(step, steps), desc="text LLM", unit="step")
     start = time.time()
     while step < steps:
-        # Shuffled passes over the data; saving the generator and the rest of the current
-        # pass makes a resumed run draw exactly the batches an uninterrupted one would.
+        # Shuffled, length-bucketed passes over the data; saving the generator and the rest
+        # of the current pass makes a resumed run draw exactly the batches an uninterrupted
+        # one would.
         if len(order) < batch_size:
-            order += torch.randperm(len(examples), generator=generator).tolist()
+            order += length_bucketed_pass(lengths, batch_size, generator)
         batch, order = order[:batch_size], order[batch_size:]
         ids, mask, labels = _collate([examples[i] for i in batch], pad_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

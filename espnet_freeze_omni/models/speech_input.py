@@ -28,6 +28,7 @@ from espnet2.legacy.nets.e2e_asr_common import ErrorCalculator
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet_freeze_omni.llm.chat_template import ChatTemplate
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM, hold_frozen_llm
 
 # Duplex states predicted by the state head after every audio chunk (SPEC §1).
@@ -162,6 +163,7 @@ class LLMASRModel(EncoderCTCModel):
         llm: FrozenLLM,
         ctc_weight: float = 0.0,
         task_num: int = 4,
+        asr_instruction: Optional[str] = None,
         report_cer: bool = True,
         sym_space: str = "<space>",
         sym_blank: str = "<blank>",
@@ -179,6 +181,14 @@ class LLMASRModel(EncoderCTCModel):
         # A few trainable special embeddings that tell the frozen LLM "this is audio to
         # transcribe"; the release calls them task embeddings.
         self.task_embeddings = torch.nn.Embedding(task_num, llm.hidden_size)
+        # Optional text instruction in the user turn before the task embeddings (e.g.
+        # "Repeat after me:" for an LLM taught to copy on that cue). Without it the adapter
+        # may learn to carry the instruction inside the audio embeddings, and a stage-3
+        # model (adapter frozen) then keeps repeating the question instead of answering.
+        instruction = (ChatTemplate(llm.tokenizer).question_ids(asr_instruction)
+                       if asr_instruction else [])
+        self.register_buffer("asr_instruction_ids", torch.tensor(instruction, dtype=torch.long),
+                             persistent=False)
 
     # ------------------------------------------------------------------ LLM input assembly
     def audio_embeddings(
@@ -195,7 +205,11 @@ class LLMASRModel(EncoderCTCModel):
         `task="asr"` always selects the stage-2 task embeddings, so a stage-3 model (which
         keeps them, frozen) still transcribes through the LLM."""
         ids = torch.arange(self.task_embeddings.num_embeddings, device=device)
-        return self.task_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
+        learned = self.task_embeddings(ids)
+        if self.asr_instruction_ids.numel():
+            text = self.llm.embed_tokens(self.asr_instruction_ids.to(device)).to(learned.dtype)
+            learned = torch.cat([text, learned], dim=0)
+        return learned.unsqueeze(0).expand(batch_size, -1, -1)
 
     def assemble(
         self,
@@ -330,12 +344,14 @@ class SpokenDialogModel(LLMASRModel):
         state_weight: float = 1.0,
         turn_end_delay: float = 0.32,
         frame_shift: float = 0.01,
+        asr_instruction: Optional[str] = None,
         report_cer: bool = True,
         sym_space: str = "<space>",
         sym_blank: str = "<blank>",
     ):
         super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
-                         adapter, llm, ctc_weight, task_num, report_cer, sym_space, sym_blank)
+                         adapter, llm, ctc_weight, task_num, asr_instruction, report_cer,
+                         sym_space, sym_blank)
         self.prompt_embeddings = torch.nn.Embedding(prompt_num, llm.hidden_size)
         self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
         self.state_weight = state_weight

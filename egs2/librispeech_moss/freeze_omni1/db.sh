@@ -8,8 +8,12 @@ LIBRISPEECH=
 # moss-003-sft multi-round Q&A, JSON lines (e.g. moss-003-sft-no-tools.jsonl of
 # fnlp/moss-003-sft-data); several files: comma-separated
 MOSS_SFT=
-# Optional: a 24 kHz LibriTTS-style corpus (<name>.wav + <name>.normalized.txt) for the codec
-# and the speech decoder; empty: they train on LibriSpeech resampled to 24 kHz
+# Optional TTS corpus: 24 kHz speech (<name>.wav + <name>.normalized.txt, LibriTTS layout)
+# for the codec and the speech decoder (stages 11-14). local/data.sh makes data/tts_train of
+# it and run.sh passes --tts_train_set tts_train (validation stays on LibriSpeech dev). The
+# assistant should speak with ONE voice: point it at a single-speaker corpus, or one speaker's
+# folder of LibriTTS; many voices make the decoder's target ambiguous. Empty: the codec and
+# the speech decoder train on train_960 (speed-perturbed) resampled to 24 kHz, as before.
 CODEC_CORPUS=
 # Spoken QA test sets (SPEC §4)
 LLAMA_QUESTIONS=   # the TSV (Questions, Answer, Wav Filename) beside its 300 wavs, or its folder

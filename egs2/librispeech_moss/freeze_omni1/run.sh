@@ -3,7 +3,8 @@
 # (questions spoken by TTS) for spoken Q&A and the state head, Qwen2-7B-Instruct frozen, and
 # LLaMA Questions / Web Questions / TriviaQA for spoken QA accuracy (SPEC §1, §2, §4).
 # Set the corpora and the LLM in db.sh first. Models: the top-level conf/*_paper.yaml (linked
-# in conf/). Sized for one node of 8 GPUs, as in the paper.
+# in conf/). Sized for one node of 8 GPUs, as in the paper. With CODEC_CORPUS (db.sh), the TTS
+# corpus data/tts_train trains the codec and the speech decoder; without it, train_960 does.
 #
 #   ./run.sh --stage N --stop_stage M          options: ./freeze_omni.sh --help
 set -euo pipefail
@@ -24,4 +25,5 @@ set -euo pipefail
     --ngpu 8 \
     --gpu_inference true \
     ${QWEN2_7B_INSTRUCT:+--llm_path "${QWEN2_7B_INSTRUCT}"} \
+    ${CODEC_CORPUS:+--tts_train_set tts_train} \
     "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded Freeze-Omni recipe: a generated world of facts spoken by espeak-ng, a tiny
-# LLM trained on it, and the whole speech-in/speech-out pipeline on 2 CPU cores.
+# LLM trained on it, and the whole speech-in/speech-out pipeline on 2 CPU cores. The codec
+# and the speech decoder learn from tts_train/tts_dev: assistant answers in one voice.
 # Nothing is downloaded. `./run.sh --stage N --stop_stage M`; options: ./freeze_omni.sh --help
 set -euo pipefail
 . ./db.sh   # LLM_DIR, when set, is your local model dir for the frozen LLM
@@ -13,6 +14,8 @@ set -euo pipefail
     --qa_test_sets "qa_test" \
     --qa_train_dialogs data/local/world/qa_train.jsonl \
     --qa_test_refs data/local/world/qa_test_refs.jsonl \
+    --tts_train_set tts_train \
+    --tts_valid_set tts_dev \
     --nj 2 \
     --inference_nj 2 \
     --ngpu 0 \

@@ -2,25 +2,28 @@
 # Stage 5 without --llm_path: the small frozen LLM of this world, as a Hugging Face dir.
 # A tiny Qwen2 with a BPE tokenizer trained on data/local/world/llm_text.txt (every fact
 # statement + every train dialog turn), then fine-tuned on the train dialogs, whose questions
-# cover every test fact in another phrasing (sizes from ESPNET.md: hidden 256, 4 layers,
-# BPE 1000, ~1-3 min on 2 cores).
+# cover every test fact in another phrasing, and on "Repeat after me: <sentence>" dialogs so
+# that it can copy its input, as instruction-tuned LLMs can: speech-input stage 2 (ASR
+# through the frozen LLM) relies on it. Sizes from ESPNET.md: hidden 256, 4 layers, BPE 1000;
+# ~4 min on 2 cores.
 set -euo pipefail
 
 out=exp/llm
-steps=500
+steps=1200
+lr=2e-3
 vocab_size=1000
 hidden_size=256
 num_layers=4
-help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 600] [--vocab_size 1000] [--hidden_size 256] [--num_layers 4]"
+help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 1200] [--lr 2e-3] [--vocab_size 1000] [--hidden_size 256] [--num_layers 4]"
 . utils/parse_options.sh
 . ./path.sh
 
 world=data/local/world
-for f in "${world}/llm_text.txt" "${world}/qa_train.jsonl"; do
+for f in "${world}/llm_text.txt" "${world}/qa_train.jsonl" "${world}/repeat_train.jsonl"; do
     [ -f "${f}" ] || { echo "$0: ${f} is missing: run stage 1 first (./run.sh --stage 1 --stop_stage 1)" >&2; exit 1; }
 done
 python3 -m espnet_freeze_omni.bin.build_tiny_llm --family qwen2 --text_file "${world}/llm_text.txt" \
     --out_dir "${out}_init" --vocab_size "${vocab_size}" --hidden_size "${hidden_size}" \
     --num_layers "${num_layers}" --intermediate_size $(( hidden_size * 2 ))
 python3 -m espnet_freeze_omni.bin.train_text_llm --llm_dir "${out}_init" \
-    --dialogs "${world}/qa_train.jsonl" --steps "${steps}" --out_dir "${out}" --resume
+    --dialogs "${world}/qa_train.jsonl" "${world}/repeat_train.jsonl" --steps "${steps}" --lr "${lr}" --out_dir "${out}" --resume

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # data/{train,dev,test} (ASR), data/{qa_train,qa_test} (spoken questions + side talk, with
-# turn_info) and data/local/world/ (facts, dialogs, reference answers), all generated from
-# one seed by espnet_freeze_omni.bin.make_synthetic_corpus: nothing is downloaded.
+# turn_info), data/{tts_train,tts_dev} (assistant answers in one voice, for the codec and the
+# speech decoder) and data/local/world/ (facts, dialogs, repeat dialogs, reference answers),
+# all generated from one seed by espnet_freeze_omni.bin.make_synthetic_corpus: nothing is
+# downloaded.
 set -euo pipefail
 
 seed=0
@@ -15,6 +17,11 @@ num_side_talk_train=200   # spoken speech not addressed to the assistant (label 
 num_side_talk_test=50
 num_people=120
 num_countries=24
+num_tts_train=1500        # assistant answers in the assistant voice (test answers held out)
+num_tts_dev=100
+num_repeat_train=1500     # "Repeat after me: ..." text dialogs (the LLM learns to copy)
+sets=""                   # speak only these data dirs, comma separated (e.g. tts_train,tts_dev);
+                          # empty: all. The text artifacts are always (re)written.
 nj=2
 help_message="Usage: local/data.sh [--seed 0] [--num_train 2000] ... (see the variables in $0)"
 . utils/parse_options.sh
@@ -25,4 +32,6 @@ python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${see
     --num_qa_train "${num_qa_train}" --num_qa_test "${num_qa_test}" \
     --num_spoken_qa_train "${num_spoken_qa_train}" \
     --num_side_talk_train "${num_side_talk_train}" --num_side_talk_test "${num_side_talk_test}" \
-    --num_people "${num_people}" --num_countries "${num_countries}" --nj "${nj}"
+    --num_people "${num_people}" --num_countries "${num_countries}" \
+    --num_tts_train "${num_tts_train}" --num_tts_dev "${num_tts_dev}" \
+    --num_repeat_train "${num_repeat_train}" ${sets:+--sets "${sets//,/ }"} --nj "${nj}"
