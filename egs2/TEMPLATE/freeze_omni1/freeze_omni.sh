@@ -352,7 +352,9 @@ if in_stage 5; then
     elif [ -x local/build_llm.sh ]; then
         mkdir -p "${logdir}/stage5"
         # shellcheck disable=SC2086
-        local/build_llm.sh --out "${llm_dir}" ${llm_build_opts} 2>&1 | tee "${logdir}/stage5/build_llm.log"
+        # a single job alone on the machine, like training: every core
+        OMP_NUM_THREADS=${train_threads} local/build_llm.sh --out "${llm_dir}" ${llm_build_opts} \
+            2>&1 | tee "${logdir}/stage5/build_llm.log"
         need "${llm_dir}/config.json" 5 5
     else
         log "Stage 5: no LLM: pass --llm_path /path/to/a/local/hf/model (e.g. Qwen2-7B-Instruct)" \
@@ -494,7 +496,7 @@ prepare_qa_data() {
     if done_already "${out}/qa_train.regenerated.jsonl"; then
         log "Stage 9: ${out}/qa_train.regenerated.jsonl exists; skipping regeneration"
     else
-        ${python} -m espnet_freeze_omni.bin.regenerate_answers --llm_dir "${llm_dir}" \
+        OMP_NUM_THREADS=${train_threads} ${python} -m espnet_freeze_omni.bin.regenerate_answers --llm_dir "${llm_dir}" \
             --input "${qa_train_dialogs}" --output "${out}/qa_train.regenerated.jsonl" \
             2>&1 | tee "${logdir}/stage9_regenerate_answers.log"
     fi
@@ -550,7 +552,7 @@ train_codec() {
     mkdir -p "${codec_exp}"
     if [ "${codec_type}" = embedded ]; then
         # shellcheck disable=SC2086
-        ${python} -m espnet_freeze_omni.bin.train_embedded_codec \
+        OMP_NUM_THREADS=${train_threads} ${python} -m espnet_freeze_omni.bin.train_embedded_codec \
             --wav_scp "${data_feats24}/${out_train}/wav.scp" --out_dir "${codec_exp}" ${codec_args} \
             2>&1 | tee "${logdir}/stage11_codec.log"
         printf 'type: embedded\npath: %s\n' "$(cd "${codec_exp}" && pwd)" > "${codec_exp}/codec_conf.yaml"
