@@ -13,5 +13,6 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest -q tests
 
+# make runs /bin/sh (dash on Debian): no {a,b} brace expansion in recipes
 clean-demo:
-	rm -rf egs2/synthetic_dialog/freeze_omni1/{data,dump,exp,RESULTS.md}
+	cd egs2/synthetic_dialog/freeze_omni1 && rm -rf data dump exp RESULTS.md
