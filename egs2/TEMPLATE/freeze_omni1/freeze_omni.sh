@@ -273,6 +273,16 @@ if in_stage 3; then
 fi
 
 # ----------------------------------------------------------- stage 4: length filtering
+filter_set() {  # <set> <sample rate> <dump root>: org/<set> -> <set>, removals reported
+    scripts/data/filter_by_length.py --fs "$2" --min_seconds "${min_wav_duration}" \
+        --max_seconds "${max_wav_duration}" "$3/org/$1" "$3/$1" \
+        | tee "${logdir}/stage4/filter_$1.log"
+    if [ "$(num_lines "$3/$1/utt2spk")" -eq 0 ]; then
+        log "Stage 4: every utterance of $1 was filtered out; check --min_wav_duration/--max_wav_duration"
+        exit 1
+    fi
+}
+
 if in_stage 4; then
     banner 4 "Length filtering of the training$([ -n "$(tts_sets)" ] && echo " and TTS") sets: ${min_wav_duration} s <= duration <= ${max_wav_duration} s"
     mkdir -p "${logdir}/stage4"
@@ -284,13 +294,7 @@ if in_stage 4; then
             need "${data_feats16}/org/${dset}/.done" 3 4
             rm -rf "${out16}"
             if in_list "${dset}" "$(training_sets) $(tts_sets)"; then
-                scripts/data/filter_by_length.py --fs "${fs}" --min_seconds "${min_wav_duration}" \
-                    --max_seconds "${max_wav_duration}" "${data_feats16}/org/${dset}" "${out16}" \
-                    | tee "${logdir}/stage4/filter_${dset}.log"
-                if [ "$(num_lines "${out16}/utt2spk")" -eq 0 ]; then
-                    log "Stage 4: every utterance of ${dset} was filtered out; check --min_wav_duration/--max_wav_duration"
-                    exit 1
-                fi
+                filter_set "${dset}" "${fs}" "${data_feats16}"
             else
                 mkdir -p "${out16}"
                 # the tables only: wav.scp keeps pointing at the audio under org/
@@ -323,13 +327,7 @@ if in_stage 4; then
         fi
         need "${data_feats24}/org/${dset}/.done" 3 4
         rm -rf "${out24}"
-        scripts/data/filter_by_length.py --fs "${fs_out}" --min_seconds "${min_wav_duration}" \
-            --max_seconds "${max_wav_duration}" "${data_feats24}/org/${dset}" "${out24}" \
-            | tee "${logdir}/stage4/filter_${dset}.log"
-        if [ "$(num_lines "${out24}/utt2spk")" -eq 0 ]; then
-            log "Stage 4: every utterance of ${dset} was filtered out; check --min_wav_duration/--max_wav_duration"
-            exit 1
-        fi
+        filter_set "${dset}" "${fs_out}" "${data_feats24}"
         touch "${out24}/.done"
     done
 fi
