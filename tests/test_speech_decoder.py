@@ -128,9 +128,10 @@ def test_prefix_changes_the_output():
         dec(text, lens[0], codec, lens[1])
 
 
-@pytest.mark.parametrize("use_prefix", [False, True])
-def test_cached_greedy_decode_equals_uncached(use_prefix):
+@pytest.mark.parametrize("use_prefix,restart", [(False, False), (True, False), (True, True)])
+def test_cached_greedy_decode_equals_uncached(use_prefix, restart):
     dec = tiny_decoder(use_prefix=use_prefix, seed=1)
+    dec.restart_codec_positions = restart
     text = torch.randn(1, 5, 64)
     prefix = torch.randn(1, 5, 64) if use_prefix else None
     kw = dict(top_k=1, max_tokens=40, min_tokens=40)
@@ -191,3 +192,99 @@ def test_tokens_stream_into_pcm_packets():
     assert len(packets) >= 2 and all(p.dtype == np.float32 for p in packets)
     total = sum(len(p) for p in packets)
     assert abs(total - 100 * 600) <= 600  # the whole segment comes out, spliced
+
+
+def test_codec_input_corruption_only_in_training_and_never_touches_targets():
+    torch.manual_seed(0)
+    dec = SpeechDecoder(llm_hidden_size=64, codec_input_corruption=0.5, **TINY)
+    text, codec = torch.randn(2, 4, 64), torch.randint(0, 1024, (2, 9))
+    lens = (torch.tensor([4, 3]), torch.tensor([9, 6]))
+    dec.eval()
+    clean, target_eval = dec(text, lens[0], codec, lens[1])
+    again, _ = dec(text, lens[0], codec, lens[1])
+    assert torch.equal(clean, again)  # eval: deterministic, no corruption
+    dec.train()
+    noisy, target_train = dec(text, lens[0], codec, lens[1])
+    assert torch.equal(target_train, target_eval)
+    # the first output depends on [SOS] only; later ones see corrupted inputs
+    assert torch.allclose(noisy[:, 0], clean[:, 0], atol=1e-5)
+    assert not torch.allclose(noisy[0, 1:], clean[0, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match="codec_input_corruption"):
+        SpeechDecoder(llm_hidden_size=64, codec_input_corruption=1.0, **TINY)
+
+
+def _guided_decoder(attn_implementation="sdpa", seed=0):
+    torch.manual_seed(seed)
+    return SpeechDecoder(
+        llm_hidden_size=64, guided_attention_layers=[1], guided_attention_heads=1,
+        guided_attention_sigma=0.2, attn_implementation=attn_implementation, **TINY,
+    ).eval()
+
+
+def test_guided_attention_loss_matches_the_layers_own_attention():
+    """The loss recomputes head 0 of layer 1; check it against eager attention weights."""
+    dec = _guided_decoder("eager")
+    text, codec = torch.randn(2, 3, 64), torch.randint(0, 1024, (2, 6))
+    tl, cl = torch.tensor([3, 2]), torch.tensor([6, 4])
+    captured = {}
+    hook = dec.layers[1].self_attn.register_forward_hook(
+        lambda mod, args, out: captured.__setitem__("w", out[1])
+    )
+    with torch.no_grad():
+        logits, _, loss = dec(text, tl, codec, cl, return_guided_attention_loss=True)
+        hook.remove()
+        plain, _ = dec(text, tl, codec, cl)
+    assert torch.allclose(logits, plain)  # the loss does not change the pass itself
+
+    text_max = 3 * 2 + 1  # BOS + 2 frames per LLM vector
+    text_lens, codec_lens = tl * 2 + 1, cl + 1
+    w = captured["w"][:, 0, text_max:, :text_max]  # head 0: codec queries, text keys
+    total, rows = 0.0, 0
+    for b in range(2):
+        T, N = int(text_lens[b]), int(codec_lens[b])
+        a = w[b, :N, :T]
+        a = a / a.sum(-1, keepdim=True)  # within the text only
+        n = torch.arange(N)[:, None] / N
+        t = torch.arange(T)[None, :] / T
+        penalty = 1 - torch.exp(-((n - t) ** 2) / (2 * 0.2**2))
+        total += float((a * penalty).sum())
+        rows += N
+    assert float(loss) == pytest.approx(total / rows, rel=1e-4)
+
+
+def test_guided_attention_loss_trains_only_the_guided_layer_towards_the_diagonal():
+    dec = _guided_decoder().train()
+    text, codec = torch.randn(2, 4, 64), torch.randint(0, 1024, (2, 12))
+    tl, cl = torch.tensor([4, 4]), torch.tensor([12, 12])
+    _, _, loss = dec(text, tl, codec, cl, return_guided_attention_loss=True)
+    loss.backward()
+    assert dec.layers[1].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert dec.layers[1].self_attn.v_proj.weight.grad is None  # only where it looks
+    assert dec.layers[1].mlp.up_proj.weight.grad is None
+    assert dec.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # what feeds the keys/queries
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    first = loss.item()
+    for _ in range(40):
+        opt.zero_grad()
+        _, _, loss = dec(text, tl, codec, cl, return_guided_attention_loss=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    with pytest.raises(ValueError, match="guided_attention_layers"):
+        SpeechDecoder(llm_hidden_size=64, guided_attention_layers=[2], **TINY)
+
+
+def test_restarted_codec_positions_make_the_codec_part_independent_of_text_length():
+    """With restart_codec_positions the codec part starts at position 0 whatever the text
+    length, so moving the text by whole frames changes only the relative offsets."""
+    dec = tiny_decoder(seed=2)
+    text = torch.randn(1, 3, 64)
+    codec = torch.randint(0, 1024, (1, 6))
+    lens = (torch.tensor([3]), torch.tensor([6]))
+    before, _ = dec(text, *lens[:1], codec, lens[1])
+    dec.restart_codec_positions = True
+    after, _ = dec(text, *lens[:1], codec, lens[1])
+    assert not torch.allclose(before, after, atol=1e-4)
+    logits, _, pos = dec.prefill(text)
+    assert pos == 1
+    assert torch.allclose(logits, after[:, 0], atol=1e-5)

@@ -32,6 +32,8 @@ class SpeechOutputModel(AbsESPnetModel):
             LLM's hidden states of the answer (stage 3).
         llm: the FrozenLLM (held, not registered).
         system_prompt: system turn of the chat template used to compute hidden states.
+        guided_attention_weight: weight of the speech decoder's guided-attention loss
+            (its `guided_attention_layers`) added to the cross-entropy; 0 = off.
     """
 
     def __init__(
@@ -39,8 +41,14 @@ class SpeechOutputModel(AbsESPnetModel):
         speech_decoder: SpeechDecoder,
         llm: FrozenLLM,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        guided_attention_weight: float = 0.0,
     ):
         super().__init__()
+        if guided_attention_weight > 0 and not speech_decoder.guided_attention_layers:
+            raise ValueError(
+                "guided_attention_weight > 0 needs speech_decoder_conf guided_attention_layers"
+            )
+        self.guided_attention_weight = guided_attention_weight
         if speech_decoder.llm_hidden_size != llm.hidden_size:
             raise ValueError(
                 f"speech decoder expects LLM hidden size {speech_decoder.llm_hidden_size}, "
@@ -126,17 +134,21 @@ class SpeechOutputModel(AbsESPnetModel):
             prefix, prefix_lengths = self.answer_hidden_states(
                 text, text_lengths, question, question_lengths
             )
-        logits, target = self.speech_decoder(
-            text_embeds, text_lengths, codec_tokens, codec_tokens_lengths, prefix, prefix_lengths
+        logits, target, guide_loss = self.speech_decoder(
+            text_embeds, text_lengths, codec_tokens, codec_tokens_lengths, prefix, prefix_lengths,
+            return_guided_attention_loss=True,  # zero, and free, without guided layers
         )
         pad = self.speech_decoder.pad_id
-        loss = F.cross_entropy(
+        loss_ce = F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=pad
         )
+        loss = loss_ce + self.guided_attention_weight * guide_loss
         with torch.no_grad():
             valid = target != pad
             acc = ((logits.argmax(-1) == target) & valid).sum().float() / valid.sum().clamp(min=1)
-        stats = dict(loss=loss.detach(), acc=acc.detach())
+        stats = dict(loss=loss.detach(), loss_ce=loss_ce.detach(), acc=acc.detach())
+        if self.speech_decoder.guided_attention_layers:
+            stats["loss_guided_att"] = guide_loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch), loss.device)
         return loss, stats, weight
 

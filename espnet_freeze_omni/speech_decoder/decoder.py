@@ -24,7 +24,7 @@ release. Module names (`embedding`, `layers_pre_nn`, `layers`, `norm`, `out_fnn`
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
 )
 
 
@@ -103,6 +104,24 @@ class SpeechDecoder(nn.Module):
         use_prefix: build the NAR prefix decoder over the LLM's hidden states (stage 3).
         dropout_rate: attention dropout inside the Llama layers.
         input_dropout_rate: dropout on the incoming LLM text embeddings.
+        codec_input_corruption: training only: the probability that a teacher-forced
+            codec input token is replaced by a random code. Targets stay intact, so the
+            stack cannot predict the next code from the previous ones alone and has to
+            read the text (the role of Tacotron's always-on pre-net dropout). 0 in the
+            paper configs.
+        guided_attention_layers, guided_attention_heads, guided_attention_sigma: training
+            only: `forward(..., return_guided_attention_loss=True)` also returns the
+            guided-attention loss of Tachibana et al. (2018) on the first
+            `guided_attention_heads` heads of these main-stack layers: their attention from
+            codec queries over the text frames is pushed towards the diagonal
+            (penalty 1 - exp(-(n/N - t/T)^2 / (2 sigma^2))). Text and speech of an answer
+            run in the same order, and the prior lets a small decoder find that alignment
+            in far fewer steps. No layers (the default) means no loss.
+        restart_codec_positions: number the codec part from 0 like the text part, instead
+            of continuing after the text (the release's layout, the default). The first
+            codec position then sits at relative offset 0 from the first text frame whatever
+            the text length, a start anchor that a small decoder otherwise has to find
+            through BOS.
     """
 
     def __init__(
@@ -117,6 +136,11 @@ class SpeechDecoder(nn.Module):
         use_prefix: bool = False,
         dropout_rate: float = 0.1,
         input_dropout_rate: float = 0.0,
+        codec_input_corruption: float = 0.0,
+        guided_attention_layers: Sequence[int] = (),
+        guided_attention_heads: int = 1,
+        guided_attention_sigma: float = 0.2,
+        restart_codec_positions: bool = False,
         max_position_embeddings: int = 4096,
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
@@ -134,6 +158,22 @@ class SpeechDecoder(nn.Module):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.use_prefix = use_prefix
+        if not 0.0 <= codec_input_corruption < 1.0:
+            raise ValueError(f"codec_input_corruption must be in [0, 1), got {codec_input_corruption}")
+        bad = [i for i in guided_attention_layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(
+                f"guided_attention_layers {bad} are outside the {num_layers}-layer stack"
+            )
+        if guided_attention_layers and not 1 <= guided_attention_heads <= num_heads:
+            raise ValueError(
+                f"guided_attention_heads must be in [1, {num_heads}], got {guided_attention_heads}"
+            )
+        self.codec_input_corruption = codec_input_corruption
+        self.guided_attention_layers = tuple(guided_attention_layers)
+        self.guided_attention_heads = guided_attention_heads
+        self.guided_attention_sigma = guided_attention_sigma
+        self.restart_codec_positions = restart_codec_positions
         # Special tokens sit right after the codes, in the release's order.
         self.bos_id = vocab_size
         self.sos_id = vocab_size + 1
@@ -267,14 +307,18 @@ class SpeechDecoder(nn.Module):
         codec_lens: torch.Tensor,
         cache: Optional[DynamicCache] = None,
         prefix_lens: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        guide: bool = False,
+    ):
         """One pass of the NAR/AR stack; returns logits (B, Tc, V) over the codec part.
+
+        With `guide`, returns (logits, guided-attention loss) instead.
 
         `codec_in` holds token ids starting with SOS (padding may be any id < V).
         Positions restart at 0 for the text part whether or not a prefix is cached, as in
         the release, so a stage-2 stack sees the same positions once the prefix is added.
-        Positions are per utterance (codec part right after that utterance's text), so a
-        padded batch trains on exactly the positions inference uses.
+        Positions are per utterance (codec part right after that utterance's text, or from
+        0 with `restart_codec_positions`), so a padded batch trains on exactly the
+        positions inference uses.
         """
         batch, text_max, _ = text_states.shape
         codec_max = codec_in.size(1)
@@ -285,13 +329,21 @@ class SpeechDecoder(nn.Module):
         codec_states = self.embedding(codec_in)
         x = torch.cat([text_states, codec_states], dim=1)
         text_pos = torch.arange(text_max, device=x.device)[None].expand(batch, -1)
-        codec_pos = text_lens[:, None] + torch.arange(codec_max, device=x.device)[None]
+        codec_start = torch.zeros_like(text_lens) if self.restart_codec_positions else text_lens
+        codec_pos = codec_start[:, None] + torch.arange(codec_max, device=x.device)[None]
         position_ids = torch.cat([text_pos, codec_pos], dim=1)
         position_embeddings = self.rotary_emb(x, position_ids)
         mask = build_decoder_attention_mask(
             text_lens, text_max, codec_lens, codec_max, prefix_lens, prefix_max, dtype=x.dtype
         )
-        for layer in self.layers:
+        guide_losses = []
+        for i, layer in enumerate(self.layers):
+            if guide and i in self.guided_attention_layers:
+                guide_losses.append(
+                    self._guided_attention_loss(
+                        layer, x, position_embeddings, text_lens, text_max, codec_lens
+                    )
+                )
             x = layer(
                 x,
                 attention_mask=mask,
@@ -300,8 +352,55 @@ class SpeechDecoder(nn.Module):
                 use_cache=cache is not None,
                 position_embeddings=position_embeddings,
             )
-        x = self.norm(x[:, text_max:])
-        return self.out_fnn(x)
+        logits = self.out_fnn(self.norm(x[:, text_max:]))
+        if not guide:
+            return logits
+        loss = torch.stack(guide_losses).mean() if guide_losses else logits.new_zeros(())
+        return logits, loss
+
+    def _guided_attention_loss(
+        self,
+        layer: LlamaDecoderLayer,
+        x: torch.Tensor,
+        position_embeddings: Tuple[torch.Tensor, torch.Tensor],
+        text_lens: torch.Tensor,
+        text_max: int,
+        codec_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """Diagonal prior on where the guided heads of `layer` look within the text.
+
+        Recomputes those heads' queries (codec part) and keys (text part) from the layer's
+        input, exactly as the layer does, and takes the softmax over the valid text frames
+        only: the loss is about WHICH text frame a codec position reads, whatever share of
+        attention goes to earlier codec positions.
+        """
+        attn = layer.self_attn
+        heads, head_dim = self.guided_attention_heads, attn.head_dim
+        groups = attn.num_key_value_groups
+        h = layer.input_layernorm(x)
+        batch, n, _ = h.shape
+        q = attn.q_proj(h).view(batch, n, -1, head_dim).transpose(1, 2)[:, :heads]
+        k = attn.k_proj(h).view(batch, n, -1, head_dim).transpose(1, 2)
+        k = k.repeat_interleave(groups, dim=1)[:, :heads]
+        cos, sin = position_embeddings
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = q[:, :, text_max:], k[:, :, :text_max]  # codec queries, text keys
+        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (B, h, Tc, Lt)
+        text_valid = lengths_to_mask(text_lens, text_max)
+        scores = scores.masked_fill(~text_valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.float().softmax(dim=-1)
+
+        codec_max = q.size(2)
+        n_pos = torch.arange(codec_max, device=x.device, dtype=torch.float32)
+        t_pos = torch.arange(text_max, device=x.device, dtype=torch.float32)
+        n_rel = n_pos[None, :] / codec_lens[:, None].clamp(min=1).float()  # (B, Tc)
+        t_rel = t_pos[None, :] / text_lens[:, None].clamp(min=1).float()  # (B, Lt)
+        dist = n_rel[:, :, None] - t_rel[:, None, :]
+        penalty = 1.0 - torch.exp(-(dist**2) / (2.0 * self.guided_attention_sigma**2))
+        rows = lengths_to_mask(codec_lens, codec_max)  # (B, Tc)
+        per_row = (probs * penalty[:, None]).sum(-1)  # (B, h, Tc)
+        per_row = per_row * rows[:, None].float()
+        return per_row.sum() / (rows.sum().clamp(min=1) * heads)
 
     def forward(
         self,
@@ -311,7 +410,8 @@ class SpeechDecoder(nn.Module):
         codec_lens: torch.Tensor,
         prefix: Optional[torch.Tensor] = None,
         prefix_lens: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return_guided_attention_loss: bool = False,
+    ):
         """Teacher-forced pass.
 
         Args:
@@ -321,8 +421,11 @@ class SpeechDecoder(nn.Module):
             codec_lens: (B,)
             prefix, prefix_lens: (B, M, llm_hidden), (B,) the LLM's final hidden states;
                 required when the decoder has a prefix decoder, ignored otherwise.
+            return_guided_attention_loss: also return the guided-attention loss (a scalar;
+                zero when the decoder has no guided layers).
         Returns:
-            logits (B, T + 1, V) and targets (B, T + 1): codes, EOS, then PAD (ignore).
+            logits (B, T + 1, V) and targets (B, T + 1): codes, EOS, then PAD (ignore);
+            then the guided-attention loss if asked for.
         """
         if self.use_prefix and prefix is None:
             raise ValueError("this speech decoder has a prefix decoder: pass the LLM hidden states")
@@ -330,18 +433,26 @@ class SpeechDecoder(nn.Module):
         valid = lengths_to_mask(codec_lens, t_max)
         codes = codec.masked_fill(~valid, self.pad_id).long()
         sos = torch.full((batch, 1), self.sos_id, dtype=torch.long, device=codec.device)
-        codec_in = torch.cat([sos, codes], dim=1)
         target = torch.cat([codes, torch.full_like(sos, self.pad_id)], dim=1)
         target = target.scatter(1, codec_lens[:, None].long(), self.eos_id)
+        if self.training and self.codec_input_corruption > 0:
+            noise = torch.randint_like(codes, self.vocab_size)
+            hit = (torch.rand(codes.shape, device=codes.device) < self.codec_input_corruption) & valid
+            codes = torch.where(hit, noise, codes)
+        codec_in = torch.cat([sos, codes], dim=1)
 
         text_states, text_state_lens = self.encode_text(text_embeds, text_lens)
         cache, frame_prefix_lens = (
             self.encode_prefix(prefix, prefix_lens) if self.use_prefix else (None, None)
         )
-        logits = self.decode(
-            text_states, text_state_lens, codec_in, codec_lens + 1, cache, frame_prefix_lens
+        out = self.decode(
+            text_states, text_state_lens, codec_in, codec_lens + 1, cache, frame_prefix_lens,
+            guide=return_guided_attention_loss,
         )
-        return logits, target
+        if return_guided_attention_loss:
+            logits, guide_loss = out
+            return logits, target, guide_loss
+        return out, target
 
     # ------------------------------------------------------------------ incremental inference
     @torch.no_grad()
@@ -362,7 +473,8 @@ class SpeechDecoder(nn.Module):
             cache, prefix_lens = DynamicCache(), None
         sos = torch.full((1, 1), self.sos_id, dtype=torch.long, device=device)
         logits = self.decode(text_states, text_lens, sos, one, cache, prefix_lens)
-        return logits[:, -1], cache, int(text_lens[0]) + 1
+        next_position = 1 if self.restart_codec_positions else int(text_lens[0]) + 1
+        return logits[:, -1], cache, next_position
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: int, cache: DynamicCache) -> torch.Tensor:
