@@ -12,12 +12,12 @@
 set -euo pipefail
 
 out=exp/llm
-steps=1000
+steps=1200
 lr=2e-3
 vocab_size=500
 hidden_size=256
 num_layers=4
-help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 1000] [--lr 2e-3] [--vocab_size 500] [--hidden_size 256] [--num_layers 4]"
+help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 1200] [--lr 2e-3] [--vocab_size 500] [--hidden_size 256] [--num_layers 4]"
 . utils/parse_options.sh
 . ./path.sh
 
