@@ -243,3 +243,26 @@ def test_model_rejects_out_of_vocabulary_ids(workdir):
     with pytest.raises(ValueError, match="uttY.*codec token id 1030"):
         model(text=text, text_lengths=one, codec_tokens=torch.tensor([[5, 1030, 7]]),
               codec_tokens_lengths=one, utt_id=["uttY"])
+
+
+def test_guided_attention_weight_adds_the_decoders_loss(workdir):
+    """model_conf guided_attention_weight: total = CE + weight * guided loss, both logged."""
+    parser = SpeechOutputTask.get_parser()
+    base = ["--config", str(ROOT / "conf/speech_output_stage2_tiny.yaml"),
+            "--llm_conf", f"path={workdir / 'llm'}", "--output_dir", "x"]
+    args = parser.parse_args(base + ["--model_conf", "guided_attention_weight=2.0",
+                                     "--speech_decoder_conf", "guided_attention_layers=[0, 1]"])
+    torch.manual_seed(0)
+    model = SpeechOutputTask.build_model(args).eval()
+    pre = SpeechOutputTask.build_preprocess_fn(args, train=False)
+    ids = torch.from_numpy(pre("u", {"text": ANSWERS[1]})["text"])[None]
+    codec = torch.randint(0, 1024, (1, 20))
+    lens = (torch.tensor([ids.size(1)]), torch.tensor([20]))
+    loss, stats, _ = model(ids, lens[0], codec, lens[1])
+    assert float(stats["loss_guided_att"]) > 0
+    expected = float(stats["loss_ce"]) + 2.0 * float(stats["loss_guided_att"])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # without guided layers the weight has nothing to weigh: a config error, said at build
+    bad = parser.parse_args(base + ["--model_conf", "guided_attention_weight=1.0"])
+    with pytest.raises(ValueError, match="guided_attention_layers"):
+        SpeechOutputTask.build_model(bad)
