@@ -213,6 +213,33 @@ def test_codec_input_corruption_only_in_training_and_never_touches_targets():
         SpeechDecoder(llm_hidden_size=64, codec_input_corruption=1.0, **TINY)
 
 
+@pytest.mark.parametrize("use_prefix", [False, True])
+def test_self_sampling_feeds_the_decoders_own_argmax_in_training_only(use_prefix):
+    """With probability 1 every codec input is the argmax of a teacher-forced pass, so the
+    training pass must equal a pass over [SOS, those argmaxes]; eval stays teacher-forced."""
+    torch.manual_seed(0)
+    dec = SpeechDecoder(llm_hidden_size=64, use_prefix=use_prefix, **TINY)
+    dec.codec_input_self_sampling = 1.0
+    text, codec = torch.randn(2, 4, 64), torch.randint(0, 1024, (2, 9))
+    tl, cl = torch.tensor([4, 3]), torch.tensor([9, 6])
+    prefix = dict(prefix=torch.randn(2, 5, 64), prefix_lens=torch.tensor([5, 2])) if use_prefix else {}
+    dec.eval()
+    clean, target_eval = dec(text, tl, codec, cl, **prefix)
+    own = clean[:, :-1, :1024].argmax(-1)  # what the decoder predicts for each true code
+    # the padded tail of the shorter item is never an input
+    own = torch.where(torch.arange(9)[None] < cl[:, None], own, codec)
+    assert not torch.equal(own, codec)
+    expected, _ = dec(text, tl, own, cl, **prefix)
+    dec.train()
+    mixed, target_train = dec(text, tl, codec, cl, **prefix)
+    assert torch.equal(target_train, target_eval)  # targets stay the true codes
+    for b in range(2):
+        n = int(cl[b]) + 1
+        assert torch.allclose(mixed[b, :n], expected[b, :n], atol=1e-5)
+    with pytest.raises(ValueError, match="codec_input_self_sampling"):
+        SpeechDecoder(llm_hidden_size=64, codec_input_self_sampling=1.5, **TINY)
+
+
 def _guided_decoder(attn_implementation="sdpa", seed=0):
     torch.manual_seed(seed)
     return SpeechDecoder(

@@ -109,6 +109,12 @@ class SpeechDecoder(nn.Module):
             stack cannot predict the next code from the previous ones alone and has to
             read the text (the role of Tacotron's always-on pre-net dropout). 0 in the
             paper configs.
+        codec_input_self_sampling: training only: the probability that a teacher-forced
+            codec input is replaced by the decoder's own prediction for that position,
+            the argmax of a first teacher-forced pass without gradients (parallel
+            scheduled sampling, Duckworth et al. 2019). Free-running, the decoder reads its
+            own codes; trained only on true ones it drifts once it has made a few mistakes.
+            Costs one extra forward pass per step; 0 (off) in the paper configs.
         guided_attention_layers, guided_attention_heads, guided_attention_sigma: training
             only: `forward(..., return_guided_attention_loss=True)` also returns the
             guided-attention loss of Tachibana et al. (2018) on the first
@@ -137,6 +143,7 @@ class SpeechDecoder(nn.Module):
         dropout_rate: float = 0.1,
         input_dropout_rate: float = 0.0,
         codec_input_corruption: float = 0.0,
+        codec_input_self_sampling: float = 0.0,
         guided_attention_layers: Sequence[int] = (),
         guided_attention_heads: int = 1,
         guided_attention_sigma: float = 0.2,
@@ -160,6 +167,10 @@ class SpeechDecoder(nn.Module):
         self.use_prefix = use_prefix
         if not 0.0 <= codec_input_corruption < 1.0:
             raise ValueError(f"codec_input_corruption must be in [0, 1), got {codec_input_corruption}")
+        if not 0.0 <= codec_input_self_sampling <= 1.0:
+            raise ValueError(
+                f"codec_input_self_sampling must be in [0, 1], got {codec_input_self_sampling}"
+            )
         bad = [i for i in guided_attention_layers if not 0 <= i < num_layers]
         if bad:
             raise ValueError(
@@ -170,6 +181,7 @@ class SpeechDecoder(nn.Module):
                 f"guided_attention_heads must be in [1, {num_heads}], got {guided_attention_heads}"
             )
         self.codec_input_corruption = codec_input_corruption
+        self.codec_input_self_sampling = codec_input_self_sampling
         self.guided_attention_layers = tuple(guided_attention_layers)
         self.guided_attention_heads = guided_attention_heads
         self.guided_attention_sigma = guided_attention_sigma
@@ -435,13 +447,21 @@ class SpeechDecoder(nn.Module):
         sos = torch.full((batch, 1), self.sos_id, dtype=torch.long, device=codec.device)
         target = torch.cat([codes, torch.full_like(sos, self.pad_id)], dim=1)
         target = target.scatter(1, codec_lens[:, None].long(), self.eos_id)
+
+        text_states, text_state_lens = self.encode_text(text_embeds, text_lens)
+        if self.training and self.codec_input_self_sampling > 0:
+            own = self._teacher_forced_argmax(
+                text_states.detach(), text_state_lens, torch.cat([sos, codes], dim=1),
+                codec_lens + 1, prefix, prefix_lens,
+            )
+            hit = (torch.rand(codes.shape, device=codes.device) < self.codec_input_self_sampling) & valid
+            codes = torch.where(hit, own, codes)
         if self.training and self.codec_input_corruption > 0:
             noise = torch.randint_like(codes, self.vocab_size)
             hit = (torch.rand(codes.shape, device=codes.device) < self.codec_input_corruption) & valid
             codes = torch.where(hit, noise, codes)
         codec_in = torch.cat([sos, codes], dim=1)
 
-        text_states, text_state_lens = self.encode_text(text_embeds, text_lens)
         cache, frame_prefix_lens = (
             self.encode_prefix(prefix, prefix_lens) if self.use_prefix else (None, None)
         )
@@ -453,6 +473,28 @@ class SpeechDecoder(nn.Module):
             logits, guide_loss = out
             return logits, target, guide_loss
         return out, target
+
+    @torch.no_grad()
+    def _teacher_forced_argmax(
+        self,
+        text_states: torch.Tensor,
+        text_state_lens: torch.Tensor,
+        codec_in: torch.Tensor,
+        codec_in_lens: torch.Tensor,
+        prefix: Optional[torch.Tensor],
+        prefix_lens: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """(B, T) the most likely code at each codec position given the true history.
+
+        Its own prefix cache: `decode` appends to the cache it is given."""
+        cache, frame_prefix_lens = (
+            self.encode_prefix(prefix, prefix_lens) if self.use_prefix else (None, None)
+        )
+        logits = self.decode(
+            text_states, text_state_lens, codec_in, codec_in_lens, cache, frame_prefix_lens
+        )
+        # position t predicts code t; the last position predicts EOS and is not an input
+        return logits[:, :-1, : self.vocab_size].argmax(-1)
 
     # ------------------------------------------------------------------ incremental inference
     @torch.no_grad()
