@@ -138,6 +138,21 @@ def test_slurm_pl_against_a_stand_in_sbatch(tmp_path):
 
 
 # ----------------------------------------------------------------------- split_scp.sh
+def test_format_wav_scp_is_repeatable(tmp_path):
+    """Resampling to 24 kHz with a 16-bit output dithers; the dump must still be the same
+    bytes on every run (sox -R), or no two runs of a recipe train on the same audio."""
+    src = tmp_path / "src.wav"
+    subprocess.run(["espeak-ng", "-w", str(src), "The capital of Goulium is Kithos."], check=True)
+    (tmp_path / "wav.scp").write_text(f"u1 {src}\nu2 cat {src} |\n")
+    script = TEMPLATE / "scripts/audio/format_wav_scp.sh"
+    for out in ("a", "b"):
+        bash(f"{script} --fs 24000 wav.scp {out}", tmp_path, check=True)
+    for utt in ("u1", "u2"):
+        assert (tmp_path / "a" / f"{utt}.wav").read_bytes() == \
+            (tmp_path / "b" / f"{utt}.wav").read_bytes(), utt
+    assert soundfile.info(str(tmp_path / "a/u1.wav")).samplerate == 24000
+
+
 def test_split_scp(tmp_path):
     lines = [f"utt{i:02d} /path/{i}.wav\n" for i in range(10)]
     (tmp_path / "wav.scp").write_text("".join(lines))

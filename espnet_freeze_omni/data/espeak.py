@@ -61,8 +61,10 @@ def synthesize(
             check=True, capture_output=True,
         )
         effects = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
+        # -R: sox dithers when it requantizes, from a random seed unless told otherwise;
+        # repeatable mode makes the same text give the same bytes on every run
         subprocess.run(
-            [sox, raw, "-r", str(sample_rate), "-c", "1", "-b", "16", str(wav_path), *effects],
+            [sox, "-R", raw, "-r", str(sample_rate), "-c", "1", "-b", "16", str(wav_path), *effects],
             check=True, capture_output=True,
         )
     except subprocess.CalledProcessError as e:

@@ -263,7 +263,8 @@ def check_tts_cmd(tts_cmd: str) -> None:
 def _convert(src: Path, dst: Path, sample_rate: int, trailing_silence: float) -> None:
     """Any audio sox reads -> 16-bit mono wav at sample_rate, padded with silence."""
     pad = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
-    proc = subprocess.run([require_tool("sox"), str(src), "-r", str(sample_rate), "-c", "1",
+    # -R: repeatable dither (see espeak.synthesize)
+    proc = subprocess.run([require_tool("sox"), "-R", str(src), "-r", str(sample_rate), "-c", "1",
                            "-b", "16", "-e", "signed-integer", str(dst), *pad],
                           capture_output=True, text=True)
     if proc.returncode != 0:

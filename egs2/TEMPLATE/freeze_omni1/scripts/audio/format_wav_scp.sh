@@ -9,7 +9,8 @@
 # ("<command> |", whose output must be a wav stream). With --segments, the utterances are the
 # lines of <segments> (<utt> <recording> <start> <end>) cut out of the recordings in wav.scp.
 # The first failure stops the script, naming the utterance and its source. (Pipes are read
-# from /dev/null so that they cannot swallow the list being read.)
+# from /dev/null so that they cannot swallow the list being read.) sox runs in repeatable
+# mode (-R): its dither is seeded, so a re-run gives the same bytes.
 set -euo pipefail
 
 fs=16000
@@ -33,12 +34,12 @@ convert() {  # <utt> <source spec> [<start> <end>]
     [ $# -eq 4 ] && trim=(trim "$3" "=$4")
     if [[ "${src}" =~ \|[[:space:]]*$ ]]; then
         src=${src%|*}
-        if ! bash -c "set -o pipefail; ${src}" < /dev/null | sox -t wav - -r "${fs}" -c 1 -b 16 -e signed-integer \
+        if ! bash -c "set -o pipefail; ${src}" < /dev/null | sox -R -t wav - -r "${fs}" -c 1 -b 16 -e signed-integer \
                 "${out}" "${trim[@]}"; then
             echo "$0: failed to convert ${utt} from command '${src}'" >&2; return 1
         fi
     else
-        if ! sox "${src}" -r "${fs}" -c 1 -b 16 -e signed-integer "${out}" "${trim[@]}" \
+        if ! sox -R "${src}" -r "${fs}" -c 1 -b 16 -e signed-integer "${out}" "${trim[@]}" \
                 < /dev/null; then
             echo "$0: failed to convert ${utt} from ${src}" >&2; return 1
         fi
