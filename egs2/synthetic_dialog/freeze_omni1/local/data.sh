@@ -13,7 +13,7 @@ num_test=100
 num_qa_train=3000         # Q/A pairs in the train dialogs (LLM training, text)
 num_qa_test=200           # test questions (held out by text)
 num_spoken_qa_train=1500  # train questions also spoken for speech input stage 3 (600
-                          # gave 53 % spoken-QA accuracy, 1500 gave 63-68 %: see README)
+                          # gave 53 % spoken-QA accuracy, 1500 gave 63-69.5 %: see README)
 num_side_talk_train=200   # spoken speech not addressed to the assistant (label 2)
 num_side_talk_test=50
 num_people=120
