@@ -40,6 +40,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def convert_to_wav(src: str | os.PathLike, dst: str | os.PathLike, sample_rate: int,
+                   trailing_silence: float = 0.0) -> None:
+    """Any audio sox reads -> mono 16-bit PCM wav at sample_rate, padded with silence."""
+    effects = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
+    # -R: sox dithers when it requantizes, from a random seed unless told otherwise;
+    # repeatable mode makes the same input give the same bytes on every run
+    proc = subprocess.run(
+        [require_tool("sox"), "-R", str(src), "-r", str(sample_rate), "-c", "1", "-b", "16",
+         "-e", "signed-integer", str(dst), *effects],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"sox cannot convert {src}: {proc.stderr.strip()[-300:]}")
+
+
 def synthesize(
     text: str,
     wav_path: str | os.PathLike,
@@ -50,7 +65,7 @@ def synthesize(
     trailing_silence: float = 0.0,
 ) -> Path:
     """Speak `text` into a mono 16-bit wav at `sample_rate` (espeak-ng writes 22050 Hz)."""
-    espeak, sox = require_tool("espeak-ng"), require_tool("sox")
+    espeak = require_tool("espeak-ng")
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(suffix=".wav", delete=False) as tmp:
@@ -60,13 +75,7 @@ def synthesize(
             [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw, text],
             check=True, capture_output=True,
         )
-        effects = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
-        # -R: sox dithers when it requantizes, from a random seed unless told otherwise;
-        # repeatable mode makes the same text give the same bytes on every run
-        subprocess.run(
-            [sox, "-R", raw, "-r", str(sample_rate), "-c", "1", "-b", "16", str(wav_path), *effects],
-            check=True, capture_output=True,
-        )
+        convert_to_wav(raw, wav_path, sample_rate, trailing_silence)
     except subprocess.CalledProcessError as e:
         raise RuntimeError(
             f"synthesizing {wav_path} failed ({e.cmd[0]}): {e.stderr.decode(errors='replace')}"

@@ -47,7 +47,7 @@ from espnet_freeze_omni.data.datadir import (
     write_kaldi_map,
     write_turn_info,
 )
-from espnet_freeze_omni.data.espeak import pick_voice, require_tool, synthesize
+from espnet_freeze_omni.data.espeak import convert_to_wav, pick_voice, synthesize
 from espnet_freeze_omni.scoring.normalize import normalized_words
 
 LLAMA_QUESTIONS_COLUMNS = ("Questions", "Answer", "Wav Filename")
@@ -260,17 +260,6 @@ def check_tts_cmd(tts_cmd: str) -> None:
                              f"--out {{wav}}'), got: {tts_cmd}")
 
 
-def _convert(src: Path, dst: Path, sample_rate: int, trailing_silence: float) -> None:
-    """Any audio sox reads -> 16-bit mono wav at sample_rate, padded with silence."""
-    pad = ["pad", "0", f"{trailing_silence:.3f}"] if trailing_silence > 0 else []
-    # -R: repeatable dither (see espeak.synthesize)
-    proc = subprocess.run([require_tool("sox"), "-R", str(src), "-r", str(sample_rate), "-c", "1",
-                           "-b", "16", "-e", "signed-integer", str(dst), *pad],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"sox cannot convert {src}: {proc.stderr.strip()[-300:]}")
-
-
 def _run_tts(tts_cmd: str, text: str, wav: Path) -> None:
     command = tts_cmd.replace("{text}", shlex.quote(text)).replace("{wav}", shlex.quote(str(wav)))
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
@@ -292,12 +281,12 @@ def speak_question(item: SpokenQuestion, wav: Path, tts_cmd: Optional[str] = Non
     tmp = Path(tmp_name)
     try:
         if item.audio is not None:
-            _convert(item.audio, tmp, sample_rate, trailing_silence)
+            convert_to_wav(item.audio, tmp, sample_rate, trailing_silence)
         elif tts_cmd:
             raw = tmp.with_suffix(".tts.wav")
             try:
                 _run_tts(tts_cmd, item.question, raw)
-                _convert(raw, tmp, sample_rate, trailing_silence)
+                convert_to_wav(raw, tmp, sample_rate, trailing_silence)
             finally:
                 raw.unlink(missing_ok=True)
         else:
