@@ -137,7 +137,7 @@ def test_slurm_pl_against_a_stand_in_sbatch(tmp_path):
     assert proc.returncode == 1 and "no Slurm client" in proc.stderr
 
 
-# ----------------------------------------------------------------------- split_scp.sh
+# ----------------------------------------------------------------------- format_wav_scp.sh
 def test_format_wav_scp_is_repeatable(tmp_path):
     """Resampling to 24 kHz with a 16-bit output dithers; the dump must still be the same
     bytes on every run (sox -R), or no two runs of a recipe train on the same audio."""
@@ -153,6 +153,7 @@ def test_format_wav_scp_is_repeatable(tmp_path):
     assert soundfile.info(str(tmp_path / "a/u1.wav")).samplerate == 24000
 
 
+# ----------------------------------------------------------------------- split_scp.sh
 def test_split_scp(tmp_path):
     lines = [f"utt{i:02d} /path/{i}.wav\n" for i in range(10)]
     (tmp_path / "wav.scp").write_text("".join(lines))

@@ -557,7 +557,7 @@ def subset_data_dir(src: str | os.PathLike, dst: str | os.PathLike,
 
 def _sox_speed_pipe(spec: str, factor: float) -> str:
     spec = spec.strip()
-    # -R: repeatable dither (see espeak.synthesize), so a perturbed copy is the same every run
+    # -R: repeatable dither (see espeak.convert_to_wav), so a perturbed copy is the same every run
     source = f"{spec[:-1].strip()} | sox -R -t wav - " if spec.endswith("|") else f"sox -R {spec} "
     return f"{source}-t wav - speed {factor} |"
 

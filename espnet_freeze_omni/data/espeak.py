@@ -52,7 +52,7 @@ def convert_to_wav(src: str | os.PathLike, dst: str | os.PathLike, sample_rate: 
         capture_output=True, text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"sox cannot convert {src}: {proc.stderr.strip()[-300:]}")
+        raise RuntimeError(f"sox cannot convert {src} to {dst}: {proc.stderr.strip()[-300:]}")
 
 
 def synthesize(
