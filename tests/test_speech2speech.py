@@ -64,7 +64,7 @@ def work(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("speech2speech")
     rng = np.random.RandomState(0)
-    llm = build_tiny_llm(root / "llm", TEXTS, family="qwen2", hidden_size=64)
+    llm = build_tiny_llm(root / "llm", TEXTS, family="qwen2", hidden_size=128)
     chars = sorted({c for t in TEXTS for c in t if c != " "})
     (root / "tokens.txt").write_text("\n".join(["<blank>", "<unk>", "<space>", *chars,
                                                 "<sos/eos>"]) + "\n")

@@ -58,7 +58,7 @@ def workdir(tmp_path_factory):
     from espnet_freeze_omni.llm.tiny import build_tiny_llm
 
     root = tmp_path_factory.mktemp("speech_output")
-    build_tiny_llm(root / "llm", ANSWERS + QUESTIONS, family="qwen2", hidden_size=64)
+    build_tiny_llm(root / "llm", ANSWERS + QUESTIONS, family="qwen2", hidden_size=128)
     rng = np.random.RandomState(0)
     write_split(root / "train", range(8), rng)
     write_split(root / "valid", range(2), np.random.RandomState(1))
@@ -199,7 +199,7 @@ def test_stage3_prefix_is_the_answer_hidden_states(workdir):
         text[b, : lens[b]] = torch.from_numpy(x["text"])
         question[b, : qlens[b]] = torch.from_numpy(x["question"])
     hidden, hlens = model.answer_hidden_states(text, lens, question, qlens)
-    assert hidden.shape == (2, int(lens.max()), 64) and torch.equal(hlens, lens)
+    assert hidden.shape == (2, int(lens.max()), model.llm.hidden_size) and torch.equal(hlens, lens)
     # Same thing for utterance 1 alone, the way a streaming dialogue would see it.
     tpl = model.template
     ids = tpl.text_prompt_ids(QUESTIONS[1]) + items[1]["text"].tolist()
@@ -224,7 +224,7 @@ def test_missing_codec_utterance_names_it(workdir):
 
 
 def test_hidden_size_mismatch_names_both_sizes(workdir):
-    with pytest.raises(ValueError, match=r"64.*48"):
+    with pytest.raises(ValueError, match=r"128.*48"):
         main(train_cmd(workdir, 2, workdir / "exp_bad_hidden", epochs=1,
                        extra=["--speech_decoder_conf", "hidden_size=48"]))
 

@@ -128,6 +128,12 @@ class SpeechDecoder(nn.Module):
             codec position then sits at relative offset 0 from the first text frame whatever
             the text length, a start anchor that a small decoder otherwise has to find
             through BOS.
+        normalize_llm_frames: scale every incoming LLM frame (text embeddings and hidden
+            states) to unit RMS, the scale of the codec embeddings the same stack reads. No
+            weights, so the release's checkpoint layout is unchanged. A small LLM's
+            embeddings can be 25x smaller than those: the first layer's residual then keeps
+            almost nothing of each token and the decoder reads the text as a bag of words.
+            Off (as in the release) by default.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class SpeechDecoder(nn.Module):
         guided_attention_heads: int = 1,
         guided_attention_sigma: float = 0.2,
         restart_codec_positions: bool = False,
+        normalize_llm_frames: bool = False,
         max_position_embeddings: int = 4096,
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
@@ -186,6 +193,8 @@ class SpeechDecoder(nn.Module):
         self.guided_attention_heads = guided_attention_heads
         self.guided_attention_sigma = guided_attention_sigma
         self.restart_codec_positions = restart_codec_positions
+        self.normalize_llm_frames = normalize_llm_frames
+        self.rms_norm_eps = rms_norm_eps
         # Special tokens sit right after the codes, in the release's order.
         self.bos_id = vocab_size
         self.sos_id = vocab_size + 1
@@ -245,8 +254,10 @@ class SpeechDecoder(nn.Module):
             )
         batch, n, _ = x.shape
         r = self.frames_per_llm_vector
-        x = x.reshape(batch, n * r, self.hidden_size)
-        return x.to(self.embedding.weight.dtype), lengths * r
+        x = x.reshape(batch, n * r, self.hidden_size).to(self.embedding.weight.dtype)
+        if self.normalize_llm_frames:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.rms_norm_eps)
+        return x, lengths * r
 
     def _bidirectional_stack(
         self,
