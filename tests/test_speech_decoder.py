@@ -194,6 +194,31 @@ def test_tokens_stream_into_pcm_packets():
     assert abs(total - 100 * 600) <= 600  # the whole segment comes out, spliced
 
 
+def test_normalize_llm_frames_gives_unit_rms_frames_and_adds_no_weights():
+    """Small LLM vectors come out as unit-RMS frames, each scaled on its own (so the
+    decoder's output no longer depends on the LLM's embedding scale); no new weights."""
+    torch.manual_seed(0)
+    plain = SpeechDecoder(llm_hidden_size=64, **TINY).eval()
+    torch.manual_seed(0)
+    normed = SpeechDecoder(llm_hidden_size=64, normalize_llm_frames=True, **TINY).eval()
+    assert set(plain.state_dict()) == set(normed.state_dict())
+    x = torch.randn(2, 3, 64) * torch.tensor([0.1, 0.5, 3.0])[None, :, None]
+    lens = torch.tensor([3, 2])
+    frames, frame_lens = normed.llm_to_frames(x, lens)
+    assert torch.equal(frame_lens, lens * 2)
+    rms = frames.pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3)
+    raw, _ = plain.llm_to_frames(x, lens)
+    assert torch.equal(raw, x.reshape(2, 6, 32))  # off: the release's plain reshape
+    codec, codec_lens = torch.randint(0, 1024, (2, 5)), torch.tensor([5, 4])
+    a, _ = normed(x, lens, codec, codec_lens)
+    b, _ = normed(x * 40.0, lens, codec, codec_lens)
+    assert torch.allclose(a, b, atol=1e-3)
+    c, _ = plain(x, lens, codec, codec_lens)
+    d, _ = plain(x * 40.0, lens, codec, codec_lens)
+    assert not torch.allclose(c, d, atol=1e-2)
+
+
 def test_codec_input_corruption_only_in_training_and_never_touches_targets():
     torch.manual_seed(0)
     dec = SpeechDecoder(llm_hidden_size=64, codec_input_corruption=0.5, **TINY)
