@@ -131,8 +131,8 @@ class SpeechDecoder(nn.Module):
         normalize_llm_frames: scale every incoming LLM frame (text embeddings and hidden
             states) to unit RMS, the scale of the codec embeddings the same stack reads. No
             weights, so the release's checkpoint layout is unchanged. A small LLM's
-            embeddings can be 25x smaller than those: the first layer's residual then keeps
-            almost nothing of each token and the decoder reads the text as a bag of words.
+            embeddings can be 25x smaller than those, and then the residual stream starts
+            out holding almost nothing of the text (README, "Training the speech decoder").
             Off (as in the release) by default.
     """
 
