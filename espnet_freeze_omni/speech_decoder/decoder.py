@@ -256,7 +256,7 @@ class SpeechDecoder(nn.Module):
         r = self.frames_per_llm_vector
         x = x.reshape(batch, n * r, self.hidden_size).to(self.embedding.weight.dtype)
         if self.normalize_llm_frames:
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.rms_norm_eps)
+            x = nn.functional.rms_norm(x, (self.hidden_size,), eps=self.rms_norm_eps)
         return x, lengths * r
 
     def _bidirectional_stack(
