@@ -303,3 +303,53 @@ def test_asr_instruction_is_text_before_the_task_embeddings(spoken_corpus, stats
     dialog = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
     assert dialog.before_audio(1, torch.device("cpu"), task="asr").size(1) == len(ids) + task_num
     assert dialog.before_audio(1, torch.device("cpu")).size(1) == dialog.prompt_embeddings.num_embeddings
+
+
+def test_shared_prefix_and_kept_logits_give_the_full_forward_loss_and_gradients(
+        spoken_corpus, stats_dir, tiny_llm_dir):
+    """The training forward caches the batch's common chat prefix and projects only
+    labelled columns; loss, state loss and gradients must equal a plain full-sequence pass."""
+    torch.manual_seed(0)
+    model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    pad = -1
+    prefix = torch.tensor([[11, 12, 13, 14, 15], [11, 12, 13, 20, pad], [11, 12, 13, 14, 15]])
+    prefix_lengths = torch.tensor([5, 4, 5])
+    suffix, suffix_lengths = torch.tensor([[30, 31], [30, 31], [30, 31]]), torch.tensor([2, 2, 2])
+    target = torch.tensor([[40, 41, 42], [43, 44, pad], [45, pad, pad]])
+    target_lengths = torch.tensor([3, 2, 1])
+    speech = torch.randn(3, 16000) * 0.1
+    speech_lengths = torch.tensor([16000, 12000, 9000])
+    turn_info = torch.tensor([[1.0, 0.5], [2.0, 0.4], [1.0, 0.3]])
+    batch = dict(speech=speech, speech_lengths=speech_lengths,
+                 llm_prefix=prefix.clamp(min=0), llm_prefix_lengths=prefix_lengths,
+                 llm_suffix=suffix, llm_suffix_lengths=suffix_lengths,
+                 llm_target=target.clamp(min=0), llm_target_lengths=target_lengths,
+                 turn_info=turn_info)
+    assert model.shared_prefix_length(batch["llm_prefix"], prefix_lengths) == 3
+
+    loss, stats, _ = model(**batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert "adapter.project.weight" in grads and "prompt_embeddings.weight" in grads
+    model.zero_grad()
+
+    # reference: the whole assembled sequence through the LLM, every logit computed
+    audio, audio_lengths, _, _ = model.audio_embeddings(speech, speech_lengths)
+    inputs, mask, labels, audio_start = model.assemble(
+        batch["llm_prefix"], prefix_lengths, audio, audio_lengths,
+        suffix, suffix_lengths, batch["llm_target"], target_lengths)
+    out = model.llm(inputs_embeds=inputs, attention_mask=mask)
+    ref_llm, ref_acc = model._token_loss(out.logits, labels)
+    ref_state = model._extra_losses(out.hidden, audio_lengths, audio_start, batch)["state"][0]
+    (ref_llm + model.state_weight * ref_state).backward()
+    assert torch.allclose(stats["loss_llm"], ref_llm, atol=1e-5)
+    assert torch.allclose(stats["loss_state"], ref_state, atol=1e-5)
+    assert torch.allclose(stats["acc"], ref_acc)
+    for n, g in grads.items():
+        p = dict(model.named_parameters())[n]
+        assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4), n
+
+    # rows without a common first token share nothing
+    other = batch["llm_prefix"].clone()
+    other[1, 0] = 99
+    assert model.shared_prefix_length(other, prefix_lengths) == 0

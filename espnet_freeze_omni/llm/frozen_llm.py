@@ -181,13 +181,14 @@ class FrozenLLM(torch.nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         past_key_values=None,
         use_cache: bool = False,
-        logits_to_keep: int = 0,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
     ) -> LLMOutput:
         """Run the LLM on embeddings (B, T, D).
 
         attention_mask: (B, past + T), 1 = real token; left or right padding both work.
-        logits_to_keep: compute logits for the last N positions only (0 = all); the
-            vocabulary projection of a 7B LLM is large, and prompts need only the last.
+        logits_to_keep: compute logits for the last N positions only (0 = all), or, as a
+            1-D tensor, for those positions; the vocabulary projection of a 7B LLM is large,
+            and prompts need only the last.
         Gradients flow to `inputs_embeds`; the LLM's own weights never receive any.
         """
         self.ensure_device(inputs_embeds.device)

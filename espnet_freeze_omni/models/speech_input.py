@@ -262,6 +262,39 @@ class LLMASRModel(EncoderCTCModel):
         return inputs, mask, labels, torch.tensor(audio_start, device=device)
 
     @staticmethod
+    def shared_prefix_length(prefix: torch.Tensor, prefix_lengths: torch.Tensor) -> int:
+        """How many leading chat-prefix tokens every item of the batch has in common."""
+        n = int(prefix_lengths.min())
+        if n == 0:
+            return 0
+        same = (prefix[:, :n] == prefix[:1, :n]).all(0)
+        return n if bool(same.all()) else int(same.long().argmin())
+
+    def run_llm_for_loss(
+        self, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, shared: int
+    ):
+        """The frozen LLM on an assembled batch, computing only what the losses need.
+
+        The first `shared` positions are the same chat-prefix text in every row and no
+        trainable parameter comes before them, so their keys/values are computed once
+        (batch 1, no gradient) and repeated over the batch instead of being pushed forward
+        and backward for every row: in stage 2 that prefix is about a quarter of each
+        sequence. The vocabulary projection runs only on columns that hold a label.
+        Returns the LLM output for positions `shared:` (logits at the kept columns) and
+        the labels of those columns.
+        """
+        past = None
+        if shared > 0:
+            with torch.no_grad():
+                past = self.llm.prefill(inputs[:1, :shared].detach()).past_key_values
+            past.batch_repeat_interleave(inputs.size(0))
+        rest_labels = labels[:, shared:]
+        keep = (rest_labels != -100).any(0).nonzero().squeeze(-1)
+        out = self.llm(inputs[:, shared:], attention_mask=mask, past_key_values=past,
+                       logits_to_keep=keep)
+        return out, rest_labels[:, keep]
+
+    @staticmethod
     def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over labelled positions and token accuracy."""
         valid = labels != -100
@@ -297,11 +330,12 @@ class LLMASRModel(EncoderCTCModel):
             llm_prefix, llm_prefix_lengths, audio, audio_lengths,
             llm_suffix, llm_suffix_lengths, llm_target, llm_target_lengths,
         )
-        out = self.llm(inputs_embeds=inputs, attention_mask=mask)
-        loss_llm, acc = self._token_loss(out.logits, labels)
+        shared = self.shared_prefix_length(llm_prefix, llm_prefix_lengths)
+        out, kept_labels = self.run_llm_for_loss(inputs, mask, labels, shared)
+        loss_llm, acc = self._token_loss(out.logits, kept_labels)
         stats = dict(loss_llm=loss_llm.detach(), acc=acc.detach())
         loss = loss_llm
-        extra = self._extra_losses(out.hidden, audio_lengths, audio_start, kwargs)
+        extra = self._extra_losses(out.hidden, audio_lengths, audio_start - shared, kwargs)
         for name, (value, weight, value_stats) in extra.items():
             loss = loss + weight * value
             stats.update(value_stats)
