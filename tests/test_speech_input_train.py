@@ -6,6 +6,7 @@ frozen LLM, initialized from stage 1) -> stage 3 (spoken dialog + state head, fr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -353,3 +354,18 @@ def test_shared_prefix_and_kept_logits_give_the_full_forward_loss_and_gradients(
     other = batch["llm_prefix"].clone()
     other[1, 0] = 99
     assert model.shared_prefix_length(other, prefix_lengths) == 0
+
+
+def test_step_benchmark_runs_both_paths_on_a_trained_stage(stage_dirs, capsys):
+    """benchmark_speech_input_step times the training forward against a full pass on the
+    stage's own data and prints the loss of each: they must agree."""
+    from espnet_freeze_omni.bin import benchmark_speech_input_step
+
+    _, _, s3 = stage_dirs
+    benchmark_speech_input_step.main(["--exp_dir", str(s3), "--checkpoint", "4epoch.pth",
+                                      "--batch_size", "3", "--runs", "1"])
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"loss_llm (\d+\.\d+)", out)]
+    assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-4, out
+    assert "SpokenDialogModel" in out and re.search(r"shared chat prefix \d+ tokens", out)
+    assert re.search(r"ratio training/full \d+\.\d+", out)

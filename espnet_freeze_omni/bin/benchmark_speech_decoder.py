@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Latency and speed of the speech-output path: LLM hidden states -> codec tokens -> PCM.
 
-For each decoder size (tiny = conf/speech_output_stage3_tiny.yaml, paper = SPEC §2 with a
-stand-in LLM hidden size of 3584, random weights: speed does not depend on training):
+For each decoder size (the speech_decoder_conf of conf/speech_output_stage3_<size>.yaml;
+stand-in LLM hidden size 256 for tiny, the embedded recipe's LLM, and 3584 for paper; random
+weights: speed does not depend on training):
 
     first packet   time from the segment's text embeddings + hidden states to the first
                    PCM packet out of the PacketDecoder (prefix decoder + prefill + 30 AR
@@ -23,22 +24,30 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+import yaml
 
 from espnet_freeze_omni.codec.abs_codec import AbsCodec
 from espnet_freeze_omni.inference.speech_synthesis import generate_codec_tokens, stream_pcm
 from espnet_freeze_omni.speech_decoder.decoder import SpeechDecoder
 
-# Keep in step with conf/speech_output_stage3_{tiny,paper}.yaml.
-SIZES: Dict[str, dict] = {
-    "tiny": dict(llm_hidden_size=64, hidden_size=32, num_heads=2, intermediate_size=64,
-                 num_layers=2, num_pre_layers=1),
-    "paper": dict(llm_hidden_size=3584, hidden_size=896, num_heads=14, intermediate_size=4864,
-                  num_layers=4, num_pre_layers=2),
-}
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Stand-in LLM widths: the embedded recipe's tiny LLM (local/build_llm.sh) and Qwen2-7B (SPEC §1).
+LLM_HIDDEN_SIZE: Dict[str, int] = {"tiny": 256, "paper": 3584}
+
+
+def decoder_conf(size: str) -> dict:
+    """The speech_decoder_conf of conf/speech_output_stage3_<size>.yaml, read from the
+    config itself so the benchmark measures the decoder the recipe trains."""
+    path = CONF_DIR / f"speech_output_stage3_{size}.yaml"
+    with open(path, encoding="utf-8") as f:
+        conf = dict(yaml.safe_load(f)["speech_decoder_conf"])
+    conf.update(llm_hidden_size=LLM_HIDDEN_SIZE[size], use_prefix=True)
+    return conf
 
 
 class StandInCodec(AbsCodec):
@@ -120,9 +129,9 @@ def percentile(values, q):
 
 
 def bench_size(name: str, args, codec: AbsCodec, device: torch.device, dtype) -> dict:
-    conf = SIZES[name]
+    conf = decoder_conf(name)
     torch.manual_seed(0)
-    decoder = SpeechDecoder(use_prefix=True, **conf).to(device=device, dtype=dtype).eval()
+    decoder = SpeechDecoder(**conf).to(device=device, dtype=dtype).eval()
     n_params = sum(p.numel() for p in decoder.parameters())
     h = conf["llm_hidden_size"]
     text = torch.randn(1, args.text_tokens, h, device=device, dtype=dtype) * 0.02
@@ -192,7 +201,7 @@ def bench_size(name: str, args, codec: AbsCodec, device: torch.device, dtype) ->
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=sorted(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=sorted(LLM_HIDDEN_SIZE))
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--runs", type=int, default=5, help="timed runs per size (after 1 warm-up)")

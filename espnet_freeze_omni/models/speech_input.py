@@ -286,7 +286,8 @@ class LLMASRModel(EncoderCTCModel):
         past = None
         if shared > 0:
             with torch.no_grad():
-                past = self.llm.prefill(inputs[:1, :shared].detach()).past_key_values
+                past = self.llm.prefill(inputs[:1, :shared].detach(),
+                                        logits_to_keep=1).past_key_values
             past.batch_repeat_interleave(inputs.size(0))
         rest_labels = labels[:, shared:]
         keep = (rest_labels != -100).any(0).nonzero().squeeze(-1)
