@@ -647,7 +647,7 @@ train_speech_output_stage3() {
 
 # Stage 15: decoding, JOB=1:inference_nj per test set. Stage 16 reads, per test set T:
 #   ${decode_dir}/T/asr_ctc/text            CTC transcripts             -> asr_wer_ctc
-#   ${decode_dir}/T/asr_llm/text            transcripts via the LLM     -> asr_wer_llm
+#   ${decode_dir}/T/asr_llm/text            transcripts via the LLM (stage-2 model) -> asr_wer_llm
 #   ${decode_dir}/T/text_in/text            answers to the text question  -> qa_acc_text_in
 #   ${decode_dir}/T/speech_in/text          answers to the spoken question -> qa_acc_speech_in
 #   ${decode_dir}/T/speech_out/text         text of the spoken answers
@@ -655,32 +655,47 @@ train_speech_output_stage3() {
 #                                           and speech_out_cer against speech_out/text
 #   ${decode_dir}/T/turn/turn_info          predicted turn ends         -> turn_end_f1
 # (Kaldi text files `utt_id words...`; turn_info lines `utt_id label seconds`.)
+# ASR through the LLM is decoded with the speech-input stage-2 model, the one trained to
+# transcribe through the LLM. With the paper configs stage 3 changes nothing that ASR uses
+# (encoder, adapter, CTC and task embeddings frozen); the tiny stage-3 config also trains the
+# adapter, after which the LLM answers what it hears instead of repeating it.
+decode_asr_stage2() {  # <set> <out dir with logdir/keys.JOB.scp> <jobs> <ctc|llm> <cmd> [args]
+    local dset=$1 out=$2 jobs=$3 mode=$4 _cmd=$5 n model_dir sub=asr_$4
+    shift 5
+    model_dir=$(speech_input_exp 2)
+    need "${model_dir}/valid.loss.best.pth" 8 15
+    log "Stage 15: ${dset} ${sub} with ${model_dir} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}_${sub}.JOB.log)"
+    # shellcheck disable=SC2086
+    ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}_${sub}.JOB.log" \
+        ${python} -m espnet_freeze_omni.bin.speech_input_inference \
+            --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
+            --train_config "${model_dir}/config.yaml" \
+            --model_file "${model_dir}/valid.loss.best.pth" --llm_path "${llm_dir}" \
+            --wav_scp "${data_feats16}/${dset}/wav.scp" --key_file "${out}/logdir/keys.JOB.scp" \
+            --mode "${mode}" --output_dir "${out}/logdir/${sub}.JOB" "$@"
+    mkdir -p "${out}/${sub}"
+    for n in $(seq "${jobs}"); do cat "${out}/logdir/${sub}.${n}/text"; done | sort > "${out}/${sub}/text"
+}
+
+split_test_set() {  # <set> <out dir>: a fresh out dir, its keys split over ${test_jobs} jobs
+    local dset=$1 out=$2 n
+    need "${data_feats16}/${dset}/.done" 4 15
+    rm -rf "${out}"; mkdir -p "${out}/logdir"
+    test_jobs=$(min "${inference_nj}" "$(num_lines "${data_feats16}/${dset}/wav.scp")")
+    utils/split_scp.sh "${data_feats16}/${dset}/wav.scp" \
+        $(for n in $(seq "${test_jobs}"); do echo "${out}/logdir/keys.${n}.scp"; done)
+}
+
 # ASR-only recipes (no --qa_test_sets, no speech output) decode with the speech-input
 # stage-2 model alone: CTC and through the LLM.
 decode_asr_only() {
-    local dset out jobs n mode sub model_dir _cmd=$1
-    model_dir=$(speech_input_exp 2)
-    need "${model_dir}/valid.loss.best.pth" 8 15
+    local dset out jobs mode _cmd=$1
     for dset in ${test_sets}; do
         out=${decode_dir}/${dset}
-        need "${data_feats16}/${dset}/.done" 4 15
-        rm -rf "${out}"; mkdir -p "${out}/logdir"
-        jobs=$(min "${inference_nj}" "$(num_lines "${data_feats16}/${dset}/wav.scp")")
-        utils/split_scp.sh "${data_feats16}/${dset}/wav.scp" \
-            $(for n in $(seq "${jobs}"); do echo "${out}/logdir/keys.${n}.scp"; done)
+        split_test_set "${dset}" "${out}"; jobs=${test_jobs}
         for mode in ctc llm; do
-            sub=asr_${mode}
-            log "Stage 15: ${dset} ${sub} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}_${sub}.JOB.log)"
             # shellcheck disable=SC2086
-            ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}_${sub}.JOB.log" \
-                ${python} -m espnet_freeze_omni.bin.speech_input_inference \
-                    --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
-                    --train_config "${model_dir}/config.yaml" \
-                    --model_file "${model_dir}/valid.loss.best.pth" --llm_path "${llm_dir}" \
-                    --wav_scp "${data_feats16}/${dset}/wav.scp" --key_file "${out}/logdir/keys.JOB.scp" \
-                    --mode "${mode}" --output_dir "${out}/logdir/${sub}.JOB" ${decode_args}
-            mkdir -p "${out}/${sub}"
-            for n in $(seq "${jobs}"); do cat "${out}/logdir/${sub}.${n}/text"; done | sort > "${out}/${sub}/text"
+            decode_asr_stage2 "${dset}" "${out}" "${jobs}" "${mode}" "${_cmd}" ${decode_args}
         done
     done
 }
@@ -693,16 +708,14 @@ decode_test_sets() {
     need "$(speech_output_exp 3)/valid.loss.best.pth" 14 15
     for dset in $(testing_sets); do
         out=${decode_dir}/${dset}
-        need "${data_feats16}/${dset}/.done" 4 15
+        # asr_llm comes from the stage-2 model (decode_asr_stage2), everything else from
+        # the full model; its CTC is stage 2's (frozen in stage 3)
         if [[ " ${qa_test_sets} " == *" ${dset} "* ]]; then
-            set_args=(--qa_refs "$(qa_refs_of "${dset}")")  # spoken QA: every output
+            set_args=(--qa_refs "$(qa_refs_of "${dset}")" --outputs asr_ctc text_in speech_in speech_out turn)
         else
-            set_args=(--outputs asr_ctc asr_llm)   # ASR test sets
+            set_args=(--outputs asr_ctc)   # ASR test sets
         fi
-        rm -rf "${out}"; mkdir -p "${out}/logdir"
-        jobs=$(min "${inference_nj}" "$(num_lines "${data_feats16}/${dset}/wav.scp")")
-        utils/split_scp.sh "${data_feats16}/${dset}/wav.scp" \
-            $(for n in $(seq "${jobs}"); do echo "${out}/logdir/keys.${n}.scp"; done)
+        split_test_set "${dset}" "${out}"; jobs=${test_jobs}
         log "Stage 15: decoding ${dset} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}.JOB.log)"
         # shellcheck disable=SC2086
         ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
@@ -733,6 +746,7 @@ decode_test_sets() {
             done
             log "Stage 15: spoken answers in ${out}/speech_out/wav ($(ls "${out}/speech_out/wav" | wc -l) wavs)"
         fi
+        decode_asr_stage2 "${dset}" "${out}" "${jobs}" llm "${_cmd}"  # --decode_args are speech2speech's
     done
 }
 
