@@ -190,8 +190,10 @@ def test_mini_an4_data_prep(tmp_path):
 
 
 def banner(n):
-    """A stage banner line: ISO timestamp, where it was printed, "Stage N: "."""
-    return rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d \(freeze_omni\.sh:\d+:\w+\) Stage {n}: "
+    """A stage banner line: ISO timestamp, where it was printed, "Stage N: ". Stages run in
+    a CPU lane (--cpu_lanes) print it behind "[lane <its stages>] "."""
+    return (rf"^(\[lane [\d ]+\] )?"
+            rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d \(freeze_omni\.sh:\d+:\w+\) Stage {n}: ")
 
 
 @pytest.fixture(scope="module")

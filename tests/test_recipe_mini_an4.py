@@ -35,6 +35,15 @@ def test_stages_1_to_8(mini_an4):
     for n in range(1, 9):
         assert re.search(banner(n), out, re.M), f"no banner of stage {n}"
     assert "Stage 1: data/test is sound (2 utterances)" in out
+    # --cpu_lanes (on by default for --ngpu 0 on 2+ cores): the LLM beside stages 6-7,
+    # each a copy of the driver with one thread; stage 8 needs both, so it runs alone
+    assert "Stages {5} and {6 7} run side by side" in out
+    assert re.search(r"^\[lane 5\] .* Stage 5: ", out, re.M)
+    assert re.search(r"^\[lane 6 7\] .* Stage 7: ", out, re.M)
+    assert re.search(r"^\d{4}-.* Stage 8: ", out, re.M)
+    lanes = recipe / "exp/log/lanes"
+    assert (lanes / "stages_5.rc").read_text().strip() == "0"
+    assert "--train_threads 1" in (lanes / "stages_6_7.log").read_text()
     assert dd.validate_data_dir(recipe / "dump/raw16k/train", check_audio=True,
                                 sample_rate=16000) == []
     assert (recipe / "exp/llm/config.json").is_file()  # stage 5: local/build_llm.sh
@@ -48,6 +57,20 @@ def test_stages_1_to_8(mini_an4):
     assert (recipe / "exp/speech_input_stage1/2epoch.pth").is_file()
     assert not (recipe / "exp/speech_input_stage1/3epoch.pth").exists()
     assert (recipe / "exp/speech_input_stage2/1epoch.pth").is_file()
+
+
+def test_failed_lane_fails_the_run(mini_an4):
+    """A lane that fails ends the run with an error naming it and its log; the other lane
+    still finishes."""
+    recipe, _ = mini_an4
+    proc = bash("./run.sh --stage 5 --stop_stage 7 "
+                "--speech_input_stage1_config conf/missing.yaml", recipe)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert re.search(r"Stage\(s\) \{6 7\} \(exit \d+, exp/log/lanes/stages_6_7\.log\) failed",
+                     out), out[-3000:]
+    assert "Successfully finished stage(s) 5 of 5-7" in out  # the LLM lane ended well
+    assert "conf/missing.yaml" in (recipe / "exp/log/lanes/stages_6_7.log").read_text()
 
 
 def test_decoding_and_scoring(mini_an4):

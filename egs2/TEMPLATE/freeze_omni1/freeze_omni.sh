@@ -49,6 +49,7 @@ min() { local a=$1 b=$2; echo $(( a < b ? a : b )); }
 # General
 stage=1                 # first stage to run
 stop_stage=10000        # last stage to run
+only_stages=""          # run only these stages of --stage..--stop_stage (e.g. "7 11"); empty: all
 force=false             # redo stages whose outputs are already complete
 nj=2                    # parallel jobs for data stages (dump, stats)
 inference_nj=2          # parallel decoding jobs
@@ -56,6 +57,10 @@ ngpu=0                  # GPUs per training job (0: CPU)
 train_threads=$(nproc --all 2>/dev/null || echo 1)  # CPU threads of a training job
 num_nodes=1             # nodes for distributed training (needs cmd_backend=slurm)
 gpu_inference=false     # decode on GPU
+cpu_lanes=auto          # run independent stages side by side, each with half of --train_threads:
+                        # {5} beside {6 7 11 12}, then {8 9} beside {13 14}. auto: on for
+                        # --ngpu 0 with the local backend and >= 2 threads (small CPU jobs use
+                        # two cores better as two one-thread jobs than as one two-thread job)
 python=python3          # the venv's python after path.sh
 dumpdir=dump            # audio dumps
 expdir=exp              # models, logs, scores
@@ -116,6 +121,7 @@ help_message=$(awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exi
 # ------------------------------------------------------------------------ end of options
 
 log "$0 $*"
+driver_args=("$@")  # the lanes re-run this script with these options and a few more
 . utils/parse_options.sh
 
 if [ $# -ne 0 ]; then
@@ -137,7 +143,12 @@ score_dir=${expdir}/scores
 logdir=${expdir}/log
 mkdir -p "${logdir}"
 
-in_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+lanes_ran=""             # stages already run by run_lanes
+in_stage() {
+    [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ] \
+        && { [ -z "${only_stages}" ] || in_list "$1" "${only_stages}"; } \
+        && ! in_list "$1" "${lanes_ran}"
+}
 banner() { log "Stage $1: $2"; }
 done_already() {  # <marker>: true when the marker exists and --force is false
     [ "${force}" = false ] && [ -e "$1" ]
@@ -331,6 +342,50 @@ if in_stage 4; then
         touch "${out24}/.done"
     done
 fi
+
+# ----------------------------------------------------------- CPU lanes (--cpu_lanes)
+# Stages that do not need each other's outputs run as two copies of this script (same
+# options, --only_stages, half the threads each), whose output is shown with a [lane] prefix
+# and kept in ${logdir}/lanes/. On two cores, two one-thread training jobs get about 1.3x the
+# work done of one two-thread job. Stages outside --stage..--stop_stage stay out; with only
+# one lane left the stages run one by one as usual. A failed lane fails the run once both
+# have ended; every finished stage is kept, so re-running resumes.
+if [ "${cpu_lanes}" = auto ]; then
+    cpu_lanes=false
+    [ "${ngpu}" = 0 ] && [ "${cmd_backend:-local}" = local ] && [ "${train_threads}" -ge 2 ] && cpu_lanes=true
+fi
+run_lanes() {  # "<stages of lane 1>" "<stages of lane 2>"
+    [ "${cpu_lanes}" = true ] || return 0
+    local lanes=() s lane n rc failed=""
+    for lane in "$1" "$2"; do
+        local mine=""
+        for s in ${lane}; do in_stage "${s}" && mine+="${s} "; done
+        [ -n "${mine}" ] && lanes+=("${mine% }")
+    done
+    [ "${#lanes[@]}" -eq 2 ] || return 0
+    local threads=$(( train_threads / 2 )) dir=${logdir}/lanes
+    mkdir -p "${dir}"
+    log "Stages {${lanes[0]}} and {${lanes[1]}} run side by side (--cpu_lanes true)," \
+        "${threads} thread(s) each; logs ${dir}/stages_*.log"
+    for n in 0 1; do
+        lane=${lanes[${n}]}
+        (
+            set +e
+            bash "$0" "${driver_args[@]}" --only_stages "${lane}" --cpu_lanes false \
+                --train_threads "${threads}" 2>&1 \
+                | tee "${dir}/stages_${lane// /_}.log" | sed -u "s/^/[lane ${lane}] /"
+            echo "${PIPESTATUS[0]}" > "${dir}/stages_${lane// /_}.rc"
+        ) &
+    done
+    wait
+    for lane in "${lanes[@]}"; do
+        rc=$(cat "${dir}/stages_${lane// /_}.rc" 2>/dev/null || echo "?")
+        [ "${rc}" = 0 ] || failed+=" {${lane}} (exit ${rc}, ${dir}/stages_${lane// /_}.log)"
+    done
+    if [ -n "${failed}" ]; then log "Stage(s)${failed} failed"; exit 1; fi
+    lanes_ran+=" ${lanes[*]} "
+}
+run_lanes "5" "6 7 11 12"
 
 # ----------------------------------------------------------- stage 5: the frozen LLM
 if in_stage 5; then
@@ -708,14 +763,16 @@ decode_test_sets() {
     need "$(speech_output_exp 3)/valid.loss.best.pth" 14 15
     for dset in $(testing_sets); do
         out=${decode_dir}/${dset}
-        # asr_llm comes from the stage-2 model (decode_asr_stage2), everything else from
-        # the full model; its CTC is stage 2's (frozen in stage 3)
-        if [[ " ${qa_test_sets} " == *" ${dset} "* ]]; then
-            set_args=(--qa_refs "$(qa_refs_of "${dset}")" --outputs asr_ctc text_in speech_in speech_out turn)
-        else
-            set_args=(--outputs asr_ctc)   # ASR test sets
-        fi
         split_test_set "${dset}" "${out}"; jobs=${test_jobs}
+        # asr_llm comes from the stage-2 model (decode_asr_stage2); so does asr_ctc of the ASR
+        # test sets, which need nothing else (CTC is frozen in stage 3). The QA sets go through
+        # the full model.
+        if ! in_list "${dset}" "${qa_test_sets}"; then
+            decode_asr_stage2 "${dset}" "${out}" "${jobs}" ctc "${_cmd}"
+            decode_asr_stage2 "${dset}" "${out}" "${jobs}" llm "${_cmd}"
+            continue
+        fi
+        set_args=(--qa_refs "$(qa_refs_of "${dset}")" --outputs asr_ctc text_in speech_in speech_out turn)
         log "Stage 15: decoding ${dset} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}.JOB.log)"
         # shellcheck disable=SC2086
         ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
@@ -750,6 +807,7 @@ decode_test_sets() {
     done
 }
 
+run_lanes "8 9" "13 14"
 if in_stage 7; then banner 7 "Speech input stage 1: encoder + CTC"; train_speech_input_stage1; fi
 if in_stage 8; then banner 8 "Speech input stage 2: encoder + adapter -> frozen LLM"; train_speech_input_stage2; fi
 if in_stage 9; then banner 9 "QA data: answers regenerated by the frozen LLM + spoken questions"; prepare_qa_data; fi
@@ -865,4 +923,8 @@ if in_stage 18; then
     fi
 fi
 
-log "Successfully finished stages ${stage}-$(min "${stop_stage}" 18)"
+if [ -n "${only_stages}" ]; then
+    log "Successfully finished stage(s) ${only_stages} of ${stage}-$(min "${stop_stage}" 18)"
+else
+    log "Successfully finished stages ${stage}-$(min "${stop_stage}" 18)"
+fi
