@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_MODEL = REPO / "egs2/TEMPLATE/freeze_omni1/scripts/utils/pack_model.py"
@@ -79,10 +80,12 @@ def work(tmp_path_factory):
     speech_output = save_like_trainer(SpeechOutputTask, [
         "--config", str(REPO / "conf/speech_output_stage3_tiny.yaml"),
         "--llm_conf", f"path={llm}"], root / "exp" / "speech_output_stage3")
-    cfg = EmbeddedCodecConfig(gl_iters=2)
+    vocab = yaml.safe_load((REPO / "conf/speech_output_stage3_tiny.yaml").read_text())[
+        "speech_decoder_conf"]["vocab_size"]  # the codec must have the decoder's vocabulary
+    cfg = EmbeddedCodecConfig(gl_iters=2, vocab_size=vocab)
     EmbeddedCodec(
-        cfg, rng.randn(1024, cfg.frames_per_token * cfg.n_mels).astype(np.float32),
-        np.abs(rng.randn(1024, cfg.frames_per_token, cfg.n_freq)).astype(np.float32) * 0.01,
+        cfg, rng.randn(vocab, cfg.frames_per_token * cfg.n_mels).astype(np.float32),
+        np.abs(rng.randn(vocab, cfg.frames_per_token, cfg.n_freq)).astype(np.float32) * 0.01,
     ).save(root / "exp" / "codec")
     # what recipe stage 11 writes beside it: the load_codec() config later stages read
     (root / "exp" / "codec" / "codec_conf.yaml").write_text(
@@ -214,15 +217,22 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
                                          "--batch_size", "1"))
     tables = {}
     for name in ("asr_ctc/text", "asr_llm/text", "text_in/text", "speech_in/text",
-                 "speech_out/text", "speech_out/asr_text", "turn/turn_info"):
+                 "turn/turn_info"):
         tables[name] = kaldi(out / name)
         assert sorted(tables[name]) == sorted(keys), name
+    # speech out: every turn the state head did not ignore (label 2), as in a duplex dialogue
+    voiced = sorted(k for k in keys if tables["turn/turn_info"][k].split()[0] != "2")
+    for name in ("speech_out/text", "speech_out/asr_text"):
+        tables[name] = kaldi(out / name)
+        assert sorted(tables[name]) == voiced, name
+    assert sorted(p.stem for p in (out / "speech_out" / "wav").iterdir()) == voiced
     for utt in keys:
-        info = soundfile.info(out / "speech_out" / "wav" / f"{utt}.wav")
-        assert info.samplerate == 24000 and info.frames > 0
         label, seconds = tables["turn/turn_info"][utt].split()
         assert label in "012" and float(seconds) >= -1
-    assert tables["speech_out/text"] == tables["speech_in/text"]
+    for utt in voiced:
+        info = soundfile.info(out / "speech_out" / "wav" / f"{utt}.wav")
+        assert info.samplerate == 24000 and info.frames > 0
+        assert tables["speech_out/text"][utt] == tables["speech_in/text"][utt]
 
     # histories hold the LLM's own earlier answers: text-in ones for text in (questions from
     # the QA references first, then the data dir's text), speech-in ones for speech in
@@ -246,10 +256,45 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
     alone = tmp_path / "alone"
     (tmp_path / "one.scp").write_text("solo x\n")
     speech2speech_inference.main(bin_cmd(work, alone, "--key_file", str(tmp_path / "one.scp"),
-                                         "--outputs", "speech_out", "--history_mode", "none"))
+                                         "--outputs", "speech_out", "--history_mode", "none",
+                                         "--speak_ignored", "true"))
     assert sorted(p.name for p in alone.iterdir()) == ["speech_out"]
-    np.testing.assert_array_equal(soundfile.read(alone / "speech_out/wav/solo.wav")[0],
-                                  soundfile.read(out / "speech_out/wav/solo.wav")[0])
+    if "solo" in voiced:
+        np.testing.assert_array_equal(soundfile.read(alone / "speech_out/wav/solo.wav")[0],
+                                      soundfile.read(out / "speech_out/wav/solo.wav")[0])
+
+
+def test_ignored_turns_are_not_voiced(s2s, work, monkeypatch):
+    """A turn the state head ignores (side talk) gets a speech-in answer and its turn line,
+    but no spoken answer, unless --speak_ignored; a turn it answers is voiced either way."""
+    import io
+
+    from espnet_freeze_omni.bin.speech2speech_inference import Questions, TestSetDecoder
+    from espnet_freeze_omni.inference.speech_input_inference import ListenResult
+    from espnet_freeze_omni.models.speech_input import STATE_IGNORE, STATE_RESPOND
+
+    wavs = {u: str(work["data"] / "wav" / f"{u}.wav") for u in ("solo", "d2-t1")}
+    decision = {len(read_wav(work, "solo")): STATE_IGNORE,
+                len(read_wav(work, "d2-t1")): STATE_RESPOND}
+    assert len(decision) == 2  # the two recordings tell apart by length
+    monkeypatch.setattr(s2s, "listen", lambda wav, history=None: ListenResult(
+        states=[decision[len(wav)]], chunk_seconds=0.64, decision=decision[len(wav)],
+        decision_time=0.64))
+    outputs = ["speech_in", "speech_out", "turn"]
+    for speak_ignored, expect_voiced in ((False, ["d2-t1"]), (True, ["d2-t1", "solo"])):
+        decoder = TestSetDecoder(s2s, wavs, Questions(None, work["data"]), "none", 1,
+                                 speak_ignored=speak_ignored)
+        files = {n: io.StringIO() for n in ("speech_in", "speech_out", "speech_out_asr", "turn")}
+        wav_dir = work["root"] / f"wavs_{speak_ignored}"
+        wav_dir.mkdir(exist_ok=True)
+        for utt in wavs:
+            decoder.decode_utterance(utt, outputs, files, wav_dir)
+        said = {line.split(" ", 1)[0] for line in files["speech_out"].getvalue().splitlines()}
+        assert sorted(said) == expect_voiced
+        assert sorted(p.stem for p in wav_dir.iterdir()) == expect_voiced
+        assert len(files["speech_in"].getvalue().splitlines()) == 2
+        assert files["turn"].getvalue().splitlines() == ["solo 2 0.640", "d2-t1 1 0.640"]
+        assert decoder.silent == ([] if speak_ignored else ["solo"])
 
 
 def test_asr_only_outputs(work, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from espnet_freeze_omni.bin.speech_output_train import main
 from espnet_freeze_omni.llm.chat_template import ChatTemplate
@@ -15,6 +16,9 @@ from espnet_freeze_omni.llm.frozen_llm import FrozenLLM
 from espnet_freeze_omni.tasks.speech_output import SpeechOutputTask
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny configs' codec vocabulary (the embedded recipe's codec has 512 codes)
+VOCAB = yaml.safe_load((ROOT / "conf/speech_output_stage2_tiny.yaml").read_text())[
+    "speech_decoder_conf"]["vocab_size"]
 ANSWERS = [
     "the sky is blue.", "anna lives in paris, near the river.", "tom is ten years old.",
     "the capital of zorvia is quell.", "ben owns the red car.", "maria is a doctor.",
@@ -44,10 +48,10 @@ def write_split(d: Path, idx, rng, codec_drop=None, codec_bad=None):
             utt = f"utt{i:02d}"
             ft.write(f"{utt} {ANSWERS[i]}\n")
             fq.write(f"{utt} {QUESTIONS[i]}\n")
-            codes = rng.randint(0, 1024, size=4)
+            codes = rng.randint(0, VOCAB, size=4)
             seq = [int(codes[(k // 3) % 4]) for k in range(9 + 2 * i)]
             if utt == codec_bad:
-                seq[2] = 1024
+                seq[2] = VOCAB
             if utt != codec_drop:
                 fc.write(utt + " " + " ".join(map(str, seq)) + "\n")
     return d
@@ -180,7 +184,7 @@ def test_stage2_then_stage3(workdir, monkeypatch):
     assert [s.text for s in segments] == ["anna lives in paris,", " near the river."]
     for seg in segments:
         codes = list(synth.tokens(seg.token_ids, seg.hidden_states))
-        assert len(codes) <= 30 and all(0 <= c < 1024 for c in codes)
+        assert len(codes) <= 30 and all(0 <= c < VOCAB for c in codes)
 
 
 def test_stage3_prefix_is_the_answer_hidden_states(workdir):
@@ -211,7 +215,7 @@ def test_stage3_prefix_is_the_answer_hidden_states(workdir):
 
 def test_bad_codec_token_names_the_utterance(workdir):
     bad = write_split(workdir / "bad_tok", range(4), np.random.RandomState(2), codec_bad="utt02")
-    with pytest.raises(ValueError, match=r"utt02.*1024.*codec vocabulary"):
+    with pytest.raises(ValueError, match=rf"utt02.*{VOCAB}.*codec vocabulary"):
         main(train_cmd(workdir, 2, workdir / "exp_bad_tok", epochs=1,
                        train_dir=bad))
 
@@ -240,8 +244,8 @@ def test_model_rejects_out_of_vocabulary_ids(workdir):
     with pytest.raises(ValueError, match="uttX.*text token id 100000"):
         model(text=torch.tensor([[1, 100000, 3]]), text_lengths=one, codec_tokens=codec,
               codec_tokens_lengths=one, utt_id=["uttX"])
-    with pytest.raises(ValueError, match="uttY.*codec token id 1030"):
-        model(text=text, text_lengths=one, codec_tokens=torch.tensor([[5, 1030, 7]]),
+    with pytest.raises(ValueError, match=f"uttY.*codec token id {VOCAB + 6}"):
+        model(text=text, text_lengths=one, codec_tokens=torch.tensor([[5, VOCAB + 6, 7]]),
               codec_tokens_lengths=one, utt_id=["uttY"])
 
 
@@ -256,7 +260,7 @@ def test_guided_attention_weight_adds_the_decoders_loss(workdir):
     model = SpeechOutputTask.build_model(args).eval()
     pre = SpeechOutputTask.build_preprocess_fn(args, train=False)
     ids = torch.from_numpy(pre("u", {"text": ANSWERS[1]})["text"])[None]
-    codec = torch.randint(0, 1024, (1, 20))
+    codec = torch.randint(0, VOCAB, (1, 20))
     lens = (torch.tensor([ids.size(1)]), torch.tensor([20]))
     loss, stats, _ = model(ids, lens[0], codec, lens[1])
     assert float(stats["loss_guided_att"]) > 0

@@ -173,7 +173,7 @@ def bench_size(name: str, args, codec: AbsCodec, device: torch.device, dtype) ->
     with torch.no_grad():
         for _ in range(steps):
             logits = decoder.step(token, pos, cache)
-            token[0, 0] = int(logits[0, :1024].argmax())
+            token[0, 0] = int(logits[0, : decoder.vocab_size].argmax())
             pos += 1
     sync(device)
     tok_per_s = steps / (time.perf_counter() - t0)

@@ -21,6 +21,8 @@ Writes under --output_dir, one line per utterance of --key_file (`--outputs` pic
     speech_out/text          the text that was voiced
     speech_out/wav/<utt>.wav the spoken answer (codec rate, 24 kHz)
     speech_out/asr_text      the spoken answer transcribed back by the model's own CTC ASR
+                             (speech_out: only the turns the state head does not ignore,
+                             as a duplex dialogue would; --speak_ignored true voices all)
     turn/turn_info           `utt_id label seconds`: the state head's first decision while
                              listening (1 respond, 2 ignore, 0 never decided, seconds -1)
 
@@ -43,7 +45,7 @@ import numpy as np
 
 from espnet2.utils import config_argparse
 from espnet2.utils.nested_dict_action import NestedDictAction
-from espnet2.utils.types import str2triple_str, str_or_none
+from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
 OUTPUTS = ("asr_ctc", "asr_llm", "text_in", "speech_in", "speech_out", "turn")
 DIALOG_TURN = re.compile(r"^(?P<dialog>.+)-t(?P<turn>\d+)$")
@@ -90,6 +92,9 @@ def get_parser() -> argparse.ArgumentParser:
                        help="what to produce (ASR-only test sets: asr_ctc asr_llm)")
     group.add_argument("--history_mode", default="own", choices=("own", "none"),
                        help="multi-turn history: the LLM's own earlier answers, or none")
+    group.add_argument("--speak_ignored", type=str2bool, default=False,
+                       help="voice the answers to turns the state head ignores (side talk) "
+                            "too; by default they get no speech_out line or wav")
     group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
     group.add_argument("--batch_size", type=int, default=8, help="text-in answers per batch")
     group.add_argument("--top_k", type=int, default=2, help="codec-token sampling")
@@ -168,8 +173,10 @@ class TestSetDecoder:
     """Everything stage 15 writes for one data dir, utterance by utterance."""
 
     def __init__(self, s2s, wavs: Dict[str, str], questions: Questions, history_mode: str,
-                 batch_size: int):
+                 batch_size: int, speak_ignored: bool = False):
         self.s2s = s2s
+        self.speak_ignored = speak_ignored
+        self.silent: List[str] = []  # turns not voiced: the state head ignored them
         self.wavs = wavs
         self.all_utts = list(wavs)
         self.questions = questions
@@ -238,6 +245,7 @@ class TestSetDecoder:
         import soundfile
 
         from espnet_freeze_omni.codec.abs_codec import resample
+        from espnet_freeze_omni.models.speech_input import STATE_IGNORE
 
         s2s = self.s2s
         wav = self.load(utt)
@@ -247,11 +255,18 @@ class TestSetDecoder:
             files["asr_ctc"].write(kaldi_line(utt, s2s.ctc_transcribe(wav)))
         if "asr_llm" in outputs:
             files["asr_llm"].write(kaldi_line(utt, s2s.llm_transcribe(wav)))
-        if "speech_in" in outputs or "speech_out" in outputs:
+        listened = None
+        if "turn" in outputs or ("speech_out" in outputs and not self.speak_ignored):
+            listened = s2s.listen(wav, history)
+        speak = "speech_out" in outputs
+        if speak and not self.speak_ignored and listened.decision == STATE_IGNORE:
+            speak = False  # side talk: a duplex model stays silent
+            self.silent.append(utt)
+        if "speech_in" in outputs or speak:
             answer = self.speech_answer(utt, wav, history)
             if "speech_in" in outputs:
                 files["speech_in"].write(kaldi_line(utt, answer.text))
-            if "speech_out" in outputs:
+            if speak:
                 s2s.reseed(utt)
                 pcm = s2s.speak(answer.token_ids, answer.hidden_states)
                 soundfile.write(wav_dir / f"{utt}.wav", np.clip(pcm, -1.0, 1.0),
@@ -263,9 +278,8 @@ class TestSetDecoder:
                     heard = s2s.ctc_transcribe(pcm16k)
                 files["speech_out_asr"].write(kaldi_line(utt, heard))
         if "turn" in outputs:
-            result = s2s.listen(wav, history)
-            when = result.decision_time if result.decision_time is not None else -1.0
-            files["turn"].write(f"{utt} {result.decision} {when:.3f}\n")
+            when = listened.decision_time if listened.decision_time is not None else -1.0
+            files["turn"].write(f"{utt} {listened.decision} {when:.3f}\n")
 
 
 def decode(args: argparse.Namespace) -> Path:
@@ -303,7 +317,8 @@ def decode(args: argparse.Namespace) -> Path:
                          packet_conf=args.packet_conf,
                          min_segment_tokens=args.min_segment_tokens,
                          long_segment_tokens=args.long_segment_tokens))
-    decoder = TestSetDecoder(s2s, wavs, questions, args.history_mode, args.batch_size)
+    decoder = TestSetDecoder(s2s, wavs, questions, args.history_mode, args.batch_size,
+                             speak_ignored=args.speak_ignored)
 
     out_dir = Path(args.output_dir)
     paths = {o: out_dir / o / "text" for o in outputs if o != "turn"}
@@ -337,6 +352,9 @@ def decode(args: argparse.Namespace) -> Path:
     finally:
         for f in files.values():
             f.close()
+    if decoder.silent:
+        logging.info("speech_out: %d turn(s) ignored by the state head, not voiced: %s",
+                     len(decoder.silent), " ".join(decoder.silent))
     logging.info("wrote %s under %s", ", ".join(outputs), out_dir)
     return out_dir
 

@@ -26,7 +26,8 @@ METRICS: Dict[str, tuple] = {
     "qa_acc_speech_in": ("QA accuracy, spoken question, text answer", "acc %"),
     "qa_acc_speech_out": ("QA accuracy, spoken question, spoken answer transcribed by ASR",
                           "acc %"),
-    "speech_out_cer": ("character error rate of the spoken answers vs their text", "CER %"),
+    "speech_out_cer": ("character error rate of the spoken answers vs their text (turns the "
+                       "state head did not ignore)", "CER %"),
     "turn_end_f1": ("turn-end detection F1 (respond-now events)", "F1 %"),
 }
 ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")

@@ -27,6 +27,7 @@
 # 17 pack             espnet pack_funcs zip of the trained models
 # 18 upload           Hugging Face Hub (needs network and a login)
 #
+# On CPU, --cpu_lanes runs {5} beside {6 7 11 12}, then {8 9} beside {13 14}.
 # Every stage prints "Stage N: name" with a timestamp, keeps its job logs under exp/log/,
 # skips with a message when its outputs are complete (--force true redoes it), and, run
 # before its inputs exist, names the stage that makes them.
@@ -57,10 +58,9 @@ ngpu=0                  # GPUs per training job (0: CPU)
 train_threads=$(nproc --all 2>/dev/null || echo 1)  # CPU threads of a training job
 num_nodes=1             # nodes for distributed training (needs cmd_backend=slurm)
 gpu_inference=false     # decode on GPU
-cpu_lanes=auto          # run independent stages side by side, each with half of --train_threads:
-                        # {5} beside {6 7 11 12}, then {8 9} beside {13 14}. auto: on for
-                        # --ngpu 0 with the local backend and >= 2 threads (small CPU jobs use
-                        # two cores better as two one-thread jobs than as one two-thread job)
+cpu_lanes=auto          # independent stages side by side, half the threads each (auto: on for --ngpu 0, local backend, 2+ threads)
+                        # {5} beside {6 7 11 12}, then {8 9} beside {13 14}: small CPU jobs use
+                        # two cores better as two one-thread jobs than as one two-thread job
 python=python3          # the venv's python after path.sh
 dumpdir=dump            # audio dumps
 expdir=exp              # models, logs, scores

@@ -21,6 +21,7 @@ set -euo pipefail
     --ngpu 0 \
     --max_wav_duration 15 \
     --codec_type embedded \
+    --codec_args "--vocab_size 512" \
     --decode_args "--max_codec_tokens 400" \
     ${LLM_DIR:+--llm_path "${LLM_DIR}"} \
     "$@"
