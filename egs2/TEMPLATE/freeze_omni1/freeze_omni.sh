@@ -346,8 +346,8 @@ fi
 # ----------------------------------------------------------- CPU lanes (--cpu_lanes)
 # Stages that do not need each other's outputs run as two copies of this script (same
 # options, --only_stages, half the threads each), whose output is shown with a [lane] prefix
-# and kept in ${logdir}/lanes/. On two cores, two one-thread training jobs get about 1.3x the
-# work done of one two-thread job. Stages outside --stage..--stop_stage stay out; with only
+# and kept in ${logdir}/lanes/. On the demo's two cores a one-thread job took 1.34-1.73x as
+# long as with two threads, so two of them side by side get 1.15-1.5x the work done. Stages outside --stage..--stop_stage stay out; with only
 # one lane left the stages run one by one as usual. A failed lane fails the run once both
 # have ended; every finished stage is kept, so re-running resumes.
 if [ "${cpu_lanes}" = auto ]; then
