@@ -660,18 +660,31 @@ extract_codec_tokens() {
             | sort > "${out}/codec_tokens"  # `utt_id code code ...` (text_int)
         for n in $(seq "${jobs}"); do cat "${out}/logdir/tokens.${n}/codec_tokens.shape"; done \
             | sort > "${out}/codec_tokens.shape"  # batching by token count
+        # rates and vocabulary of the codec (every job wrote the same, bar its own count);
+        # stages 13-14 size the speech decoder from it
+        { grep -v '^num_utterances:' "${out}/logdir/tokens.1/codec_info.yaml"
+          echo "num_utterances: $(num_lines "${out}/codec_tokens")"; } > "${out}/codec_info.yaml"
         log "Stage 12: ${out}/codec_tokens: $(num_lines "${out}/codec_tokens") utterances"
     done
 }
 
+# The codec's vocabulary as stage 12 recorded it: the speech decoder's output size always
+# comes from the codec itself, whatever the speech-output config says.
+codec_vocab_size() {  # <codec_info.yaml>; call `need` on it first (log goes to stdout)
+    awk '$1 == "vocab_size:" {print $2}' "$1"
+}
+
 # Stage 13: text -> codec tokens (pre-network + NAR/AR decoder), text embedded by the LLM.
 train_speech_output_stage2() {
-    local out out_train out_valid; out=$(speech_output_exp 2)
+    local out out_train out_valid vocab; out=$(speech_output_exp 2)
     out_train=$(speech_out_train); out_valid=$(speech_out_valid)
     need "${expdir}/codec_tokens/${out_train}/codec_tokens" 12 13
     need "${expdir}/codec_tokens/${out_valid}/codec_tokens" 12 13
+    need "${expdir}/codec_tokens/${out_train}/codec_info.yaml" 12 13
+    vocab=$(codec_vocab_size "${expdir}/codec_tokens/${out_train}/codec_info.yaml")
     launch_training "${out}" espnet_freeze_omni.bin.speech_output_train \
         --config "${speech_output_stage2_config}" --llm_conf path="${llm_dir}" \
+        --speech_decoder_conf vocab_size="${vocab}" \
         --train_data_path_and_name_and_type "${data_feats24}/${out_train}/text,text,text" \
         --train_data_path_and_name_and_type "${expdir}/codec_tokens/${out_train}/codec_tokens,codec_tokens,text_int" \
         --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/text,text,text" \
@@ -683,13 +696,16 @@ train_speech_output_stage2() {
 
 # Stage 14: only the NAR prefix decoder (+ pre-network) learns, on the LLM's hidden states.
 train_speech_output_stage3() {
-    local out prev out_train out_valid; out=$(speech_output_exp 3); prev=$(speech_output_exp 2)
+    local out prev out_train out_valid vocab; out=$(speech_output_exp 3); prev=$(speech_output_exp 2)
     out_train=$(speech_out_train); out_valid=$(speech_out_valid)
     need "${prev}/valid.loss.best.pth" 13 14
     need "${expdir}/codec_tokens/${out_train}/codec_tokens" 12 14
     need "${expdir}/codec_tokens/${out_valid}/codec_tokens" 12 14
+    need "${expdir}/codec_tokens/${out_train}/codec_info.yaml" 12 14
+    vocab=$(codec_vocab_size "${expdir}/codec_tokens/${out_train}/codec_info.yaml")
     launch_training "${out}" espnet_freeze_omni.bin.speech_output_train \
         --config "${speech_output_stage3_config}" --llm_conf path="${llm_dir}" \
+        --speech_decoder_conf vocab_size="${vocab}" \
         --init_param "${prev}/valid.loss.best.pth" \
         --train_data_path_and_name_and_type "${data_feats24}/${out_train}/text,text,text" \
         --train_data_path_and_name_and_type "${expdir}/codec_tokens/${out_train}/codec_tokens,codec_tokens,text_int" \
