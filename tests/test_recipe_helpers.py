@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
+import yaml
 
 from espnet_freeze_omni.data import datadir as dd
 
@@ -301,8 +302,19 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
         tokens = dd.read_kaldi_map(recipe / f"exp/codec_tokens/{s}/codec_tokens")
         assert sorted(tokens) == sorted(dd.read_kaldi_map(recipe / f"data/{s}/text")), s
         assert len(tokens) == n and all(t.split() for t in tokens.values())
+        # the codec's own vocabulary, which stages 13-14 give the speech decoder
+        info = yaml.safe_load((recipe / f"exp/codec_tokens/{s}/codec_info.yaml").read_text())
+        assert info["vocab_size"] == 8 and info["num_utterances"] == n, info
     assert not (recipe / "exp/codec_tokens/train").exists()
     assert "codec_conf.yaml written (embedded codec, trained on tts_train)" in proc.stdout
+    info_file = recipe / "exp/codec_tokens/tts_train/codec_info.yaml"
+    saved = info_file.read_text()
+    info_file.unlink()
+    proc = bash("./run.sh --stage 13 --stop_stage 13", recipe)
+    info_file.write_text(saved)
+    assert proc.returncode == 1
+    assert "Stage 13 needs exp/codec_tokens/tts_train/codec_info.yaml, which stage 12 makes" \
+        in proc.stdout
     # a codec trained on other data is kept, but said so
     proc = bash("./run.sh --stage 11 --stop_stage 11 --tts_train_set tts_dev", recipe,
                 check=True)
