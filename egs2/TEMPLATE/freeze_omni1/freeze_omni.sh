@@ -668,52 +668,45 @@ extract_codec_tokens() {
     done
 }
 
-# The codec's vocabulary as stage 12 recorded it: the speech decoder's output size always
-# comes from the codec itself, whatever the speech-output config says.
-codec_vocab_size() {  # <codec_info.yaml>; call `need` on it first (log goes to stdout)
-    awk '$1 == "vocab_size:" {print $2}' "$1"
+# Stages 13-14 read the same data, and size the speech decoder from the codec itself
+# (stage 12's codec_info.yaml), whatever the speech-output config says. Fills the array
+# `speech_output_data_args`; not a $(...) function, so `need` can still print its message.
+set_speech_output_data_args() {  # <this stage>
+    local tokens out_train out_valid vocab
+    tokens=${expdir}/codec_tokens; out_train=$(speech_out_train); out_valid=$(speech_out_valid)
+    need "${tokens}/${out_train}/codec_tokens" 12 "$1"
+    need "${tokens}/${out_valid}/codec_tokens" 12 "$1"
+    need "${tokens}/${out_train}/codec_info.yaml" 12 "$1"
+    vocab=$(awk '$1 == "vocab_size:" {print $2}' "${tokens}/${out_train}/codec_info.yaml")
+    speech_output_data_args=(
+        --speech_decoder_conf vocab_size="${vocab}"
+        --train_data_path_and_name_and_type "${data_feats24}/${out_train}/text,text,text"
+        --train_data_path_and_name_and_type "${tokens}/${out_train}/codec_tokens,codec_tokens,text_int"
+        --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/text,text,text"
+        --valid_data_path_and_name_and_type "${tokens}/${out_valid}/codec_tokens,codec_tokens,text_int"
+        --train_shape_file "${tokens}/${out_train}/codec_tokens.shape"
+        --valid_shape_file "${tokens}/${out_valid}/codec_tokens.shape"
+    )
 }
 
 # Stage 13: text -> codec tokens (pre-network + NAR/AR decoder), text embedded by the LLM.
 train_speech_output_stage2() {
-    local out out_train out_valid vocab; out=$(speech_output_exp 2)
-    out_train=$(speech_out_train); out_valid=$(speech_out_valid)
-    need "${expdir}/codec_tokens/${out_train}/codec_tokens" 12 13
-    need "${expdir}/codec_tokens/${out_valid}/codec_tokens" 12 13
-    need "${expdir}/codec_tokens/${out_train}/codec_info.yaml" 12 13
-    vocab=$(codec_vocab_size "${expdir}/codec_tokens/${out_train}/codec_info.yaml")
-    launch_training "${out}" espnet_freeze_omni.bin.speech_output_train \
+    local speech_output_data_args
+    set_speech_output_data_args 13
+    launch_training "$(speech_output_exp 2)" espnet_freeze_omni.bin.speech_output_train \
         --config "${speech_output_stage2_config}" --llm_conf path="${llm_dir}" \
-        --speech_decoder_conf vocab_size="${vocab}" \
-        --train_data_path_and_name_and_type "${data_feats24}/${out_train}/text,text,text" \
-        --train_data_path_and_name_and_type "${expdir}/codec_tokens/${out_train}/codec_tokens,codec_tokens,text_int" \
-        --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/text,text,text" \
-        --valid_data_path_and_name_and_type "${expdir}/codec_tokens/${out_valid}/codec_tokens,codec_tokens,text_int" \
-        --train_shape_file "${expdir}/codec_tokens/${out_train}/codec_tokens.shape" \
-        --valid_shape_file "${expdir}/codec_tokens/${out_valid}/codec_tokens.shape" \
-        ${speech_output_args}
+        "${speech_output_data_args[@]}" ${speech_output_args}
 }
 
 # Stage 14: only the NAR prefix decoder (+ pre-network) learns, on the LLM's hidden states.
 train_speech_output_stage3() {
-    local out prev out_train out_valid vocab; out=$(speech_output_exp 3); prev=$(speech_output_exp 2)
-    out_train=$(speech_out_train); out_valid=$(speech_out_valid)
+    local prev speech_output_data_args; prev=$(speech_output_exp 2)
     need "${prev}/valid.loss.best.pth" 13 14
-    need "${expdir}/codec_tokens/${out_train}/codec_tokens" 12 14
-    need "${expdir}/codec_tokens/${out_valid}/codec_tokens" 12 14
-    need "${expdir}/codec_tokens/${out_train}/codec_info.yaml" 12 14
-    vocab=$(codec_vocab_size "${expdir}/codec_tokens/${out_train}/codec_info.yaml")
-    launch_training "${out}" espnet_freeze_omni.bin.speech_output_train \
+    set_speech_output_data_args 14
+    launch_training "$(speech_output_exp 3)" espnet_freeze_omni.bin.speech_output_train \
         --config "${speech_output_stage3_config}" --llm_conf path="${llm_dir}" \
-        --speech_decoder_conf vocab_size="${vocab}" \
         --init_param "${prev}/valid.loss.best.pth" \
-        --train_data_path_and_name_and_type "${data_feats24}/${out_train}/text,text,text" \
-        --train_data_path_and_name_and_type "${expdir}/codec_tokens/${out_train}/codec_tokens,codec_tokens,text_int" \
-        --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/text,text,text" \
-        --valid_data_path_and_name_and_type "${expdir}/codec_tokens/${out_valid}/codec_tokens,codec_tokens,text_int" \
-        --train_shape_file "${expdir}/codec_tokens/${out_train}/codec_tokens.shape" \
-        --valid_shape_file "${expdir}/codec_tokens/${out_valid}/codec_tokens.shape" \
-        ${speech_output_args}
+        "${speech_output_data_args[@]}" ${speech_output_args}
 }
 
 # Stage 15: decoding, JOB=1:inference_nj per test set. Stage 16 reads, per test set T:
