@@ -311,10 +311,14 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
     saved = info_file.read_text()
     info_file.unlink()
     proc = bash("./run.sh --stage 13 --stop_stage 13", recipe)
-    info_file.write_text(saved)
     assert proc.returncode == 1
     assert "Stage 13 needs exp/codec_tokens/tts_train/codec_info.yaml, which stage 12 makes" \
         in proc.stdout
+    # ... and stage 12 does make it: a set with tokens but no codec_info.yaml is redone
+    proc = bash("./run.sh --stage 12 --stop_stage 12", recipe, check=True)
+    assert "Stage 12: exp/codec_tokens/tts_dev/codec_tokens exists; skipping" in proc.stdout
+    assert "tts_train/codec_tokens exists" not in proc.stdout
+    assert info_file.read_text() == saved
     # a codec trained on other data is kept, but said so
     proc = bash("./run.sh --stage 11 --stop_stage 11 --tts_train_set tts_dev", recipe,
                 check=True)

@@ -645,7 +645,9 @@ extract_codec_tokens() {
     for dset in $(speech_out_sets); do
         out=${expdir}/codec_tokens/${dset}
         need "${data_feats24}/${dset}/.done" 4 12
-        if done_already "${out}/codec_tokens"; then
+        # codec_info.yaml is written last: a set without it (killed mid-way, or made before
+        # stage 12 wrote it) is redone rather than skipped, so stage 13's `need` can be met
+        if done_already "${out}/codec_info.yaml"; then
             log "Stage 12: ${out}/codec_tokens exists; skipping"; continue
         fi
         rm -rf "${out}"; mkdir -p "${out}/logdir"
