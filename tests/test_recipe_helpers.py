@@ -325,6 +325,48 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
     assert "that codec was trained on tts_train, not tts_dev" in proc.stdout
 
 
+def test_driver_trains_speech_output_stages_13_and_14(synthetic_recipe, tmp_path):
+    """Stages 13-14 through the driver: the speech decoder is sized by the codec's own
+    vocabulary (codec_info.yaml) on top of the config, stage 14 starts from stage 13's
+    model, and a re-run finds both done."""
+    from espnet_freeze_omni.llm.tiny import build_tiny_llm
+
+    recipe, _ = synthetic_recipe
+    bash("./run.sh --stage 11 --stop_stage 12 --codec_args "
+         "'--vocab_size 8 --kmeans_iters 2 --gl_iters 1 --num_threads 1 --no_progress'",
+         recipe, check=True)
+    texts = [line.split(" ", 1)[1] for s in ("tts_train", "tts_dev")
+             for line in (recipe / f"data/{s}/text").read_text().splitlines()]
+    # hidden 128: a multiple of the tiny speech decoder's width, as the configs require
+    llm = build_tiny_llm(tmp_path / "llm", texts, family="qwen2", hidden_size=128)
+    bash(f"./run.sh --stage 5 --stop_stage 5 --llm_path {llm}", recipe, check=True)
+    proc = bash("./run.sh --stage 13 --stop_stage 14 --cpu_lanes false "
+                "--speech_output_args '--max_epoch 1 --num_workers 0'", recipe, check=True)
+    assert re.search(banner(13) + r"Speech output stage 2: text -> codec tokens "
+                     r"\(tts_train, valid tts_dev\)$", proc.stdout, re.M)
+    assert re.search(banner(14) + r"Speech output stage 3: NAR prefix decoder", proc.stdout, re.M)
+    stage2, stage3 = (yaml.safe_load((recipe / f"exp/speech_output_stage{n}/config.yaml")
+                                     .read_text()) for n in (2, 3))
+    for conf in (stage2, stage3):
+        dec = conf["speech_decoder_conf"]
+        # the codec's 8 codes, the rest of the decoder as conf/ gives it
+        assert dec["vocab_size"] == 8 and dec["hidden_size"] == 128, dec
+        assert ["dump/raw24k/tts_train/text", "text", "text"] in conf["train_data_path_and_name_and_type"]
+        assert ["exp/codec_tokens/tts_dev/codec_tokens", "codec_tokens", "text_int"] in \
+            conf["valid_data_path_and_name_and_type"]
+    assert not stage2["speech_decoder_conf"]["use_prefix"]
+    assert stage3["speech_decoder_conf"]["use_prefix"]
+    assert stage3["init_param"] == ["exp/speech_output_stage2/valid.loss.best.pth"]
+    for n in (2, 3):
+        assert (recipe / f"exp/speech_output_stage{n}/valid.loss.best.pth").exists(), n
+    best = (recipe / "exp/speech_output_stage3/valid.loss.best.pth").stat().st_mtime_ns
+    proc = bash("./run.sh --stage 13 --stop_stage 14 --cpu_lanes false "
+                "--speech_output_args '--max_epoch 1 --num_workers 0'", recipe, check=True)
+    assert (recipe / "exp/speech_output_stage3/valid.loss.best.pth").stat().st_mtime_ns == best
+    log = (recipe / "exp/speech_output_stage3/train.log").read_text()
+    assert "already reached at max_epoch" in log
+
+
 def test_driver_llm_link_and_upload_refusal(synthetic_recipe, tmp_path):
     recipe, _ = synthetic_recipe
     (tmp_path / "my_llm").mkdir()
