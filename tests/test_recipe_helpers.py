@@ -325,46 +325,89 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
     assert "that codec was trained on tts_train, not tts_dev" in proc.stdout
 
 
-def test_driver_trains_speech_output_stages_13_and_14(synthetic_recipe, tmp_path):
-    """Stages 13-14 through the driver: the speech decoder is sized by the codec's own
-    vocabulary (codec_info.yaml) on top of the config, stage 14 starts from stage 13's
-    model, and a re-run finds both done."""
+def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
+    """One driver call from data prep to the packed model, as `make demo` makes it, on the
+    tiny corpus with one epoch per training stage and a tiny LLM of the recipe's text
+    (the recipe's own LLM build takes minutes): QA data and speech-input stage 3 (which only
+    the demo ran through the driver before), decoding of both test sets with every output,
+    scoring into results.json and RESULTS.md, and the packed zip."""
     from espnet_freeze_omni.llm.tiny import build_tiny_llm
 
-    recipe, _ = synthetic_recipe
-    bash("./run.sh --stage 11 --stop_stage 12 --codec_args "
-         "'--vocab_size 8 --kmeans_iters 2 --gl_iters 1 --num_threads 1 --no_progress'",
-         recipe, check=True)
-    texts = [line.split(" ", 1)[1] for s in ("tts_train", "tts_dev")
-             for line in (recipe / f"data/{s}/text").read_text().splitlines()]
-    # hidden 128: a multiple of the tiny speech decoder's width, as the configs require
+    recipe = recipe_copy(tmp_path, "synthetic_dialog")
+    bash(f"./run.sh --stage 1 --stop_stage 1 --local_data_opts '{TINY_CORPUS}'", recipe,
+         check=True)
+    texts = (recipe / "data/local/world/llm_text.txt").read_text().splitlines()
     llm = build_tiny_llm(tmp_path / "llm", texts, family="qwen2", hidden_size=128)
-    bash(f"./run.sh --stage 5 --stop_stage 5 --llm_path {llm}", recipe, check=True)
-    proc = bash("./run.sh --stage 13 --stop_stage 14 --cpu_lanes false "
-                "--speech_output_args '--max_epoch 1 --num_workers 0'", recipe, check=True)
-    assert re.search(banner(13) + r"Speech output stage 2: text -> codec tokens "
-                     r"\(tts_train, valid tts_dev\)$", proc.stdout, re.M)
-    assert re.search(banner(14) + r"Speech output stage 3: NAR prefix decoder", proc.stdout, re.M)
+    proc = bash(f"./run.sh --stage 1 --stop_stage 17 --cpu_lanes false --llm_path {llm} "
+                f"--local_data_opts '{TINY_CORPUS}' "
+                "--speech_input_args '--max_epoch 1' --speech_output_args '--max_epoch 1' "
+                "--codec_args '--vocab_size 8 --kmeans_iters 2 --gl_iters 1 --num_threads 1 "
+                "--no_progress' --decode_args '--max_codec_tokens 40 --max_new_tokens 16 --speak_ignored true'",
+                recipe, check=True)
+    for n in range(1, 18):
+        assert re.search(banner(n), proc.stdout, re.M), n
+    assert "Successfully finished stages 1-17" in proc.stdout
+
+    # stage 9: every spoken qa_train utterance lands in exactly one of the two splits,
+    # with its regenerated answer, its history and its turn_info
+    spoken = set(dd.read_kaldi_map(recipe / "dump/raw16k/qa_train/wav.scp"))
+    splits = {}
+    for split in ("train", "valid"):
+        d = recipe / f"dump/raw16k/qa_train_{split}"
+        splits[split] = set(dd.read_kaldi_map(d / "wav.scp"))
+        for name in ("text", "answer", "history", "turn_info"):
+            assert set(dd.read_kaldi_map(d / name)) == splits[split], (split, name)
+    assert splits["train"] and splits["valid"] and not splits["train"] & splits["valid"]
+    assert splits["train"] | splits["valid"] == spoken
+    # stage 10 starts from stage 8 and keeps the encoder frozen
+    conf = yaml.safe_load((recipe / "exp/speech_input_stage3/config.yaml").read_text())
+    assert conf["init_param"] == ["exp/speech_input_stage2/valid.loss.best.pth"]
+    assert "encoder" in conf["freeze_param"]
+
+    # stages 13-14: the speech decoder is sized by the codec's own vocabulary
+    # (codec_info.yaml) on top of the config, and stage 14 starts from stage 13
     stage2, stage3 = (yaml.safe_load((recipe / f"exp/speech_output_stage{n}/config.yaml")
                                      .read_text()) for n in (2, 3))
     for conf in (stage2, stage3):
         dec = conf["speech_decoder_conf"]
-        # the codec's 8 codes, the rest of the decoder as conf/ gives it
         assert dec["vocab_size"] == 8 and dec["hidden_size"] == 128, dec
-        assert ["dump/raw24k/tts_train/text", "text", "text"] in conf["train_data_path_and_name_and_type"]
-        assert ["exp/codec_tokens/tts_dev/codec_tokens", "codec_tokens", "text_int"] in \
-            conf["valid_data_path_and_name_and_type"]
+        assert ["exp/codec_tokens/tts_train/codec_tokens", "codec_tokens", "text_int"] in \
+            conf["train_data_path_and_name_and_type"]
     assert not stage2["speech_decoder_conf"]["use_prefix"]
     assert stage3["speech_decoder_conf"]["use_prefix"]
     assert stage3["init_param"] == ["exp/speech_output_stage2/valid.loss.best.pth"]
-    for n in (2, 3):
-        assert (recipe / f"exp/speech_output_stage{n}/valid.loss.best.pth").exists(), n
-    best = (recipe / "exp/speech_output_stage3/valid.loss.best.pth").stat().st_mtime_ns
-    proc = bash("./run.sh --stage 13 --stop_stage 14 --cpu_lanes false "
-                "--speech_output_args '--max_epoch 1 --num_workers 0'", recipe, check=True)
-    assert (recipe / "exp/speech_output_stage3/valid.loss.best.pth").stat().st_mtime_ns == best
-    log = (recipe / "exp/speech_output_stage3/train.log").read_text()
-    assert "already reached at max_epoch" in log
+
+    # stages 15-16: every figure the issue names, from both test sets (--speak_ignored: one
+    # epoch leaves a state head that may answer nothing, and speech_out is to be exercised)
+    results = json.loads((recipe / "exp/results.json").read_text())
+    for key in ("asr_wer_ctc", "asr_wer_llm", "qa_acc_text_in", "qa_acc_speech_in",
+                "qa_acc_speech_out", "speech_out_cer", "turn_end_f1"):
+        assert isinstance(results[key], (int, float)), (key, results[key])
+    assert "modality_gap" in json.dumps(results)
+    qa_ids = set(dd.read_kaldi_map(recipe / "data/qa_test/wav.scp"))
+    for out in ("text_in", "speech_in", "speech_out"):
+        assert set(dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")) == qa_ids, out
+    assert {p.stem for p in (recipe / "exp/decode/qa_test/speech_out/wav").glob("*.wav")} == qa_ids
+    assert "qa_test" in (recipe / "RESULTS.md").read_text()
+    # a state head that answers no turn leaves speech_out empty: stage 16 says so and goes
+    # on, the CER is n/a and the unanswered turns count against qa_acc_speech_out
+    for name in ("text", "asr_text"):
+        (recipe / f"exp/decode/qa_test/speech_out/{name}").write_text("")
+    proc = bash("./run.sh --stage 16 --stop_stage 16", recipe, check=True)
+    assert "qa_test: no spoken answers (the state head answered no turn)" in proc.stdout
+    results = json.loads((recipe / "exp/results.json").read_text())
+    assert results["speech_out_cer"] is None and results["qa_acc_speech_out"] == 0.0
+    # stage 17
+    packed = recipe / "exp/packed/freeze_omni_model.zip"
+    assert packed.stat().st_size > 0
+
+    # a second run finds every training stage done and leaves the models alone
+    models = sorted(recipe.glob("exp/*/valid.loss.best.pth"))
+    assert len(models) == 5
+    before = {p: p.resolve().stat().st_mtime_ns for p in models}
+    bash("./run.sh --stage 7 --stop_stage 14 --cpu_lanes false --speech_input_args "
+         "'--max_epoch 1' --speech_output_args '--max_epoch 1'", recipe, check=True)
+    assert {p: p.resolve().stat().st_mtime_ns for p in models} == before
 
 
 def test_driver_llm_link_and_upload_refusal(synthetic_recipe, tmp_path):

@@ -863,10 +863,18 @@ score_all() {
                 fi
             done
             if [ -f "${hyp_dir}/speech_out/asr_text" ] && [ -f "${hyp_dir}/speech_out/text" ]; then
-                ${python} -m espnet_freeze_omni.bin.score_asr --ref "${hyp_dir}/speech_out/text" \
-                    --hyp "${hyp_dir}/speech_out/asr_text" --unit char \
-                    --out_dir "${score_dir}/${dset}/speech_out_cer" --metric speech_out_cer --test_set "${dset}"
-                scored=$(( scored + 1 ))
+                # speech_out holds only the turns the state head answered: with none (an
+                # undertrained head, a set of side talk) there is no CER to give, which is not
+                # a failure of the run (qa_acc_speech_out already counts them as missing)
+                if awk 'NF > 1 { found = 1; exit } END { exit !found }' "${hyp_dir}/speech_out/text"; then
+                    ${python} -m espnet_freeze_omni.bin.score_asr --ref "${hyp_dir}/speech_out/text" \
+                        --hyp "${hyp_dir}/speech_out/asr_text" --unit char \
+                        --out_dir "${score_dir}/${dset}/speech_out_cer" --metric speech_out_cer --test_set "${dset}"
+                    scored=$(( scored + 1 ))
+                else
+                    log "Stage 16: ${dset}: no spoken answers (the state head answered no turn):" \
+                        "speech_out_cer is n/a"
+                fi
             fi
             if [ -f "${hyp_dir}/turn/turn_info" ]; then
                 need "data/${dset}/turn_info" 1 16
