@@ -327,10 +327,9 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
 
 def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     """One driver call from data prep to the packed model, as `make demo` makes it, on the
-    tiny corpus with one epoch per training stage and a tiny LLM of the recipe's text
-    (the recipe's own LLM build takes minutes): QA data and speech-input stage 3 (which only
-    the demo ran through the driver before), decoding of both test sets with every output,
-    scoring into results.json and RESULTS.md, and the packed zip."""
+    tiny corpus with one epoch per training stage and a tiny LLM of the recipe's text (the
+    recipe's own LLM build takes minutes): QA data, all three training chains, decoding of
+    both test sets with every output, scoring into results.json and RESULTS.md, packing."""
     from espnet_freeze_omni.llm.tiny import build_tiny_llm
 
     recipe = recipe_copy(tmp_path, "synthetic_dialog")
@@ -342,7 +341,8 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
                 f"--local_data_opts '{TINY_CORPUS}' "
                 "--speech_input_args '--max_epoch 1' --speech_output_args '--max_epoch 1' "
                 "--codec_args '--vocab_size 8 --kmeans_iters 2 --gl_iters 1 --num_threads 1 "
-                "--no_progress' --decode_args '--max_codec_tokens 40 --max_new_tokens 16 --speak_ignored true'",
+                "--no_progress' --decode_args '--max_codec_tokens 40 --max_new_tokens 16 "
+                "--speak_ignored true'",
                 recipe, check=True)
     for n in range(1, 18):
         assert re.search(banner(n), proc.stdout, re.M), n
@@ -397,9 +397,19 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     assert "qa_test: no spoken answers (the state head answered no turn)" in proc.stdout
     results = json.loads((recipe / "exp/results.json").read_text())
     assert results["speech_out_cer"] is None and results["qa_acc_speech_out"] == 0.0
-    # stage 17
-    packed = recipe / "exp/packed/freeze_omni_model.zip"
-    assert packed.stat().st_size > 0
+    # stage 17: the packed zip decodes a first turn as stage 15 did from the model files
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    s2s = Speech2Speech.from_pretrained(recipe / "exp/packed/freeze_omni_model.zip",
+                                        llm_path=recipe / "exp/llm", cachedir=tmp_path / "cache",
+                                        max_new_tokens=16)
+    wavs = dd.read_kaldi_map(recipe / "dump/raw16k/qa_test/wav.scp")
+    utt = sorted(u for u in wavs if u.endswith("-t1"))[0]
+    wav, _ = soundfile.read(recipe / wavs[utt], dtype="float32")
+    decoded = {out: dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")[utt]
+               for out in ("speech_in", "asr_ctc")}
+    assert " ".join(s2s.answer(wav).text.split()) == " ".join(decoded["speech_in"].split())
+    assert s2s.ctc_transcribe(wav) == decoded["asr_ctc"]
 
     # a second run finds every training stage done and leaves the models alone
     models = sorted(recipe.glob("exp/*/valid.loss.best.pth"))
