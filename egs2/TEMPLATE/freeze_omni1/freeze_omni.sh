@@ -36,7 +36,8 @@
 # Stages 7-18 call the project's entry points: espnet_freeze_omni.bin.speech_input_train,
 # regenerate_answers, train_embedded_codec / espnet2.bin.gan_codec_train, extract_codec_tokens,
 # speech_output_train, speech2speech_inference (speech_input_inference for ASR-only recipes)
-# and scripts/utils/pack_model.py. tests/test_recipe_mini_an4.py runs stages 1-8, 15, 16.
+# and scripts/utils/pack_model.py. tests/test_recipe_mini_an4.py runs stages 1-8, 15, 16;
+# tests/test_recipe_helpers.py runs 1-17 on a tiny synthetic corpus.
 # ---------------------------------------------------------------------------------------
 set -euo pipefail
 
