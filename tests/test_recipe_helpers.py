@@ -316,8 +316,9 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
         in proc.stdout
     # ... and stage 12 does make it: a set with tokens but no codec_info.yaml is redone
     proc = bash("./run.sh --stage 12 --stop_stage 12", recipe, check=True)
-    assert "Stage 12: exp/codec_tokens/tts_dev/codec_tokens exists; skipping" in proc.stdout
-    assert "tts_train/codec_tokens exists" not in proc.stdout
+    assert "Stage 12: exp/codec_tokens/tts_dev is complete (codec_info.yaml written); skipping" \
+        in proc.stdout
+    assert "tts_train is complete" not in proc.stdout
     assert info_file.read_text() == saved
     # a codec trained on other data is kept, but said so
     proc = bash("./run.sh --stage 11 --stop_stage 11 --tts_train_set tts_dev", recipe,

@@ -649,7 +649,7 @@ extract_codec_tokens() {
         # codec_info.yaml is written last: a set without it (killed mid-way, or made before
         # stage 12 wrote it) is redone rather than skipped, so stage 13's `need` can be met
         if done_already "${out}/codec_info.yaml"; then
-            log "Stage 12: ${out}/codec_tokens exists; skipping"; continue
+            log "Stage 12: ${out} is complete (codec_info.yaml written); skipping"; continue
         fi
         rm -rf "${out}"; mkdir -p "${out}/logdir"
         jobs=$(min "${nj}" "$(num_lines "${data_feats24}/${dset}/wav.scp")")
