@@ -22,7 +22,8 @@ lr=2e-3
 vocab_size=1000
 hidden_size=256
 num_layers=4
-help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 1200] [--lr 2e-3] [--vocab_size 1000] [--hidden_size 256] [--num_layers 4]"
+seed=0          # initial weights and the order of the training dialogs
+help_message="Usage: local/build_llm.sh [--out exp/llm] [--steps 1200] [--lr 2e-3] [--vocab_size 1000] [--hidden_size 256] [--num_layers 4] [--seed 0]"
 . utils/parse_options.sh
 . ./path.sh
 
@@ -32,6 +33,6 @@ for f in "${world}/llm_text.txt" "${world}/qa_train.jsonl" "${world}/repeat_trai
 done
 python3 -m espnet_freeze_omni.bin.build_tiny_llm --family qwen2 --text_file "${world}/llm_text.txt" \
     --out_dir "${out}_init" --vocab_size "${vocab_size}" --hidden_size "${hidden_size}" \
-    --num_layers "${num_layers}" --intermediate_size $(( hidden_size * 2 ))
+    --num_layers "${num_layers}" --intermediate_size $(( hidden_size * 2 )) --seed "${seed}"
 python3 -m espnet_freeze_omni.bin.train_text_llm --llm_dir "${out}_init" \
-    --dialogs "${world}/qa_train.jsonl" "${world}/repeat_train.jsonl" --steps "${steps}" --lr "${lr}" --out_dir "${out}" --resume
+    --dialogs "${world}/qa_train.jsonl" "${world}/repeat_train.jsonl" --steps "${steps}" --lr "${lr}" --seed "${seed}" --out_dir "${out}" --resume
