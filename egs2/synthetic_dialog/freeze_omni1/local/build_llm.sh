@@ -12,8 +12,9 @@
 # accuracy 59.0 % (53.0 and 57.5 % in two runs with 1000 whose audio differed only by sox's
 # then random dither: within that spread), but names cost more tokens, and the longer build
 # and decoding took the demo to 30:36, over its 30-minute budget.
-# Later, with 600 (README, "The LLM's tokenizer pulls the two sides apart"): spoken-answer
-# CER 10.3 % against 13.9 %, but spoken QA 79.5 % against 86.5 %, and 27:18 against 24:30.
+# Later (README, "The LLM's tokenizer: finer pieces, clearer speech"): spoken-answer CER
+# 10.3 % at 600, 12.3 % at 800, 13.9 % at 1000 (seeds 0 and 1); spoken QA 79.5, 78.5, and
+# 86.5 and 81.5 %; wall time 27:18 at 600 against 24:30.
 set -euo pipefail
 
 out=exp/llm
