@@ -13,8 +13,8 @@
 # then random dither: within that spread), but names cost more tokens, and the longer build
 # and decoding took the demo to 30:36, over its 30-minute budget.
 # Later (README, "The LLM's tokenizer: finer pieces, clearer speech"): spoken-answer CER
-# 10.3 % at 600, 12.3 % at 800, 13.9 % at 1000 (seeds 0 and 1); spoken QA 79.5, 78.5, and
-# 86.5 and 81.5 %; wall time 27:18 at 600 against 24:30.
+# 10.3 % at 600, 12.3 % at 800, 13.9 % at 1000 (seeds 0 and 1); spoken QA 79.5 % at 600,
+# 78.5 % at 800, 86.5 / 81.5 % at 1000 (seeds 0 / 1); wall time 27:18 at 600 against 24:30.
 set -euo pipefail
 
 out=exp/llm
