@@ -106,6 +106,8 @@ def test_stage3_keeps_the_configured_parts_frozen(stage_dirs):
     stats = epoch_stats(s3)
     assert stats[4]["train"]["loss"] < stats[1]["train"]["loss"]
     assert "acc_state" in stats[4]["valid"] and "loss_state" in stats[4]["train"]
+    # the tiny config's text-in teacher got its question tokens through espnet's data loader
+    assert stats[4]["train"]["loss_distill_hidden"] > 0 and "loss_distill" in stats[4]["valid"]
     frozen = yaml.safe_load((CONF / "speech_input_stage3_tiny.yaml").read_text())["freeze_param"]
     assert "encoder" in frozen and "task_embeddings" in frozen
     before = torch.load(s2 / "4epoch.pth", map_location="cpu")
@@ -312,6 +314,7 @@ def test_shared_prefix_and_kept_logits_give_the_full_forward_loss_and_gradients(
     labelled columns; loss, state loss and gradients must equal a plain full-sequence pass."""
     torch.manual_seed(0)
     model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    model.distill_weight = model.distill_hidden_weight = 0.0  # tested on their own below
     pad = -1
     prefix = torch.tensor([[11, 12, 13, 14, 15], [11, 12, 13, 20, pad], [11, 12, 13, 14, 15]])
     prefix_lengths = torch.tensor([5, 4, 5])
@@ -341,7 +344,7 @@ def test_shared_prefix_and_kept_logits_give_the_full_forward_loss_and_gradients(
         suffix, suffix_lengths, batch["llm_target"], target_lengths)
     out = model.llm(inputs_embeds=inputs, attention_mask=mask)
     ref_llm, ref_acc = model._token_loss(out.logits, labels)
-    ref_state = model._extra_losses(out.hidden, audio_lengths, audio_start, batch)["state"][0]
+    ref_state = model._state_loss(out.hidden, audio_lengths, audio_start, turn_info)[0]
     (ref_llm + model.state_weight * ref_state).backward()
     assert torch.allclose(stats["loss_llm"], ref_llm, atol=1e-5)
     assert torch.allclose(stats["loss_state"], ref_state, atol=1e-5)
@@ -354,6 +357,80 @@ def test_shared_prefix_and_kept_logits_give_the_full_forward_loss_and_gradients(
     other = batch["llm_prefix"].clone()
     other[1, 0] = 99
     assert model.shared_prefix_length(other, prefix_lengths) == 0
+
+
+def test_text_in_teacher_distillation_is_zero_for_the_question_itself(
+        spoken_corpus, stats_dir, tiny_llm_dir):
+    """distill_weight / distill_hidden_weight compare the speech-in run with the frozen LLM
+    reading the question as text. A student whose 'audio' is the question's own token
+    embeddings is that teacher: both distances vanish; real audio gives positive ones
+    with gradients to the adapter; side talk (no answer) is left out."""
+    from espnet_freeze_omni.llm.chat_template import ChatTemplate
+
+    torch.manual_seed(0)
+    model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    model.distill_weight, model.distill_hidden_weight = 1.0, 1.0
+    template = ChatTemplate(model.llm.tokenizer)
+    questions = ["what is the weather like", "tell me a story please", "hello there"]
+    answers = ["it is sunny", "once upon a time", None]  # the third is side talk
+    pad = -1
+
+    def padded(rows):
+        width = max(1, max(len(r) for r in rows))
+        return (torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+                torch.tensor([len(r) for r in rows]))
+
+    prefix, prefix_lengths = padded([template.prefix_ids(None)] * 2 + [
+        template.prefix_ids([{"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "hello"}])])
+    suffix, suffix_lengths = padded([template.suffix_ids()] * 3)
+    target, target_lengths = padded([template.answer_ids(a) if a else [] for a in answers])
+    question, question_lengths = padded([template.question_ids(q) for q in questions])
+    batch = dict(llm_prefix=prefix.clamp(min=0), llm_prefix_lengths=prefix_lengths,
+                 llm_suffix=suffix.clamp(min=0), llm_suffix_lengths=suffix_lengths,
+                 llm_target=target.clamp(min=0), llm_target_lengths=target_lengths,
+                 llm_question=question, llm_question_lengths=question_lengths)
+    shared = model.shared_prefix_length(batch["llm_prefix"], prefix_lengths)
+
+    def distill(audio, audio_lengths, task):
+        inputs, mask, labels, _ = model.assemble(
+            batch["llm_prefix"], prefix_lengths, audio, audio_lengths,
+            batch["llm_suffix"], suffix_lengths, batch["llm_target"], target_lengths, task=task)
+        out, kept = model.run_llm_for_loss(inputs, mask, labels, shared)
+        losses = model._distill_losses(out, kept, mask, shared, batch)
+        return losses["distill"][0], losses["distill_hidden"][0]
+
+    with torch.no_grad():
+        q_emb = model.llm.embed_tokens(question.clamp(min=0))
+    kl, hid = distill(q_emb, question_lengths, "text")
+    assert kl.abs() < 1e-5 and hid.abs() < 1e-5, (kl, hid)
+
+    speech = torch.randn(3, 16000) * 0.1
+    audio, audio_lengths, _, _ = model.audio_embeddings(speech, torch.tensor([16000, 12000, 9000]))
+    kl, hid = distill(audio, audio_lengths, "default")
+    assert kl > 1e-3 and hid > 1e-3, (kl, hid)
+    (kl + hid).backward()
+    assert model.adapter.project.weight.grad.abs().sum() > 0
+
+    # the side-talk row takes no part: changing its question leaves both losses unchanged
+    model.zero_grad()
+    batch["llm_question"][2, 0] = (batch["llm_question"][2, 0] + 1) % len(template.tokenizer)
+    kl2, hid2 = distill(audio, audio_lengths, "default")
+    assert torch.allclose(kl2, kl) and torch.allclose(hid2, hid)
+
+    batch.pop("llm_question")
+    with pytest.raises(ValueError, match="'text' data entry"):
+        distill(audio, audio_lengths, "default")
+
+    # the preprocessor gives stage-3 items (answer + transcript) their question tokens
+    from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
+
+    pre = SpeechInputPreprocessor(train=True, llm_path=str(tiny_llm_dir), token_type="char",
+                                  token_list=str(spoken_corpus / "tokens.txt"))
+    wav = np.zeros(1600, dtype=np.float32)
+    item = pre("q1", {"speech": wav, "text": "hello there ", "answer": "hi"})
+    assert item["llm_question"].tolist() == template.question_ids("hello there")
+    assert "llm_question" not in pre("a1", {"speech": wav, "text": "hello there"})  # stage 2
 
 
 def test_step_benchmark_runs_both_paths_on_a_trained_stage(stage_dirs, capsys):

@@ -6,6 +6,7 @@ tokenizes with the frozen LLM's own tokenizer under its chat template:
     llm_prefix   system prompt + earlier turns + opening of the user turn (before the audio)
     llm_suffix   closing of the user turn + opening of the assistant turn
     llm_target   what the LLM must say: the transcript (stage 2) or `answer` (stage 3)
+    llm_question the transcript as question tokens (stage 3: the text-in teacher's input)
     turn_info    (label, speech_end_seconds) for the state head (stage 3)
 
 Data names it reads: speech, text, answer, history (a JSON list of {role, content}),
@@ -60,6 +61,11 @@ class SpeechInputPreprocessor(CommonPreprocessor):
             data["llm_prefix"] = np.asarray(self.template.prefix_ids(turns), dtype=np.int64)
             data["llm_suffix"] = np.asarray(self.template.suffix_ids(), dtype=np.int64)
             data["llm_target"] = np.asarray(target_ids, dtype=np.int64)
+            if answer is not None and isinstance(transcript, str):
+                # the spoken question as text: stage 3 can run the frozen LLM on it as the
+                # teacher of the speech-in run (SpokenDialogModel distill_weight)
+                data["llm_question"] = np.asarray(
+                    self.template.question_ids(transcript.strip()), dtype=np.int64)
         if turn_info is not None:
             data["turn_info"] = self._parse_turn_info(uid, turn_info)
         return data

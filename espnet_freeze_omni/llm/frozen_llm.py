@@ -38,6 +38,9 @@ class LLMOutput:
     logits: torch.Tensor  # (B, T, vocab)
     hidden: torch.Tensor  # (B, T, hidden): last layer, after the final norm
     past_key_values: Optional[object] = None  # transformers Cache, when use_cache
+    # (B, T, hidden) after each decoder layer, in the LLM dtype: the residual stream, the
+    # last one after the final norm (= `hidden`); the forward computes them anyway
+    layers: Optional[tuple] = None
 
 
 def _check_causal_lm_dir(path: Path):
@@ -214,6 +217,7 @@ class FrozenLLM(torch.nn.Module):
             logits=out.logits.float(),
             hidden=out.hidden_states[-1].float(),
             past_key_values=out.past_key_values if use_cache else None,
+            layers=tuple(out.hidden_states[1:]),
         )
 
     # -- streaming steps (batch 1) -------------------------------------------------------

@@ -223,12 +223,17 @@ class LLMASRModel(EncoderCTCModel):
 
         Returns inputs_embeds (B, L, H), attention_mask (B, L), labels (B, L) where labels
         hold the token each position must predict (-100 elsewhere), and audio_start (B,)
-        the position of each item's first audio embedding.
+        the position of each item's first audio embedding. With `task="text"` the audio
+        slot holds embedded question tokens and no learned vectors precede them: the
+        plain text-in prompt of the same LLM.
         """
         llm = self.llm
         device = audio.device
         batch = audio.size(0)
-        learned = self.before_audio(batch, device, task).to(audio.dtype)
+        if task == "text":  # `audio` holds the question's token embeddings: the text-in input
+            learned = audio.new_zeros(batch, 0, audio.size(-1))
+        else:
+            learned = self.before_audio(batch, device, task).to(audio.dtype)
         pieces, label_rows, audio_start = [], [], []
         for b in range(batch):
             p_ids = prefix[b, : prefix_lengths[b]]
@@ -336,7 +341,11 @@ class LLMASRModel(EncoderCTCModel):
         loss_llm, acc = self._token_loss(out.logits, kept_labels)
         stats = dict(loss_llm=loss_llm.detach(), acc=acc.detach())
         loss = loss_llm
-        extra = self._extra_losses(out.hidden, audio_lengths, audio_start - shared, kwargs)
+        batch = dict(kwargs, llm_prefix=llm_prefix, llm_prefix_lengths=llm_prefix_lengths,
+                     llm_suffix=llm_suffix, llm_suffix_lengths=llm_suffix_lengths,
+                     llm_target=llm_target, llm_target_lengths=llm_target_lengths)
+        extra = self._extra_losses(out, kept_labels, mask, shared, audio_lengths,
+                                   audio_start - shared, batch)
         for name, (value, weight, value_stats) in extra.items():
             loss = loss + weight * value
             stats.update(value_stats)
@@ -348,7 +357,10 @@ class LLMASRModel(EncoderCTCModel):
         loss, stats, weight = force_gatherable((loss, stats, speech.shape[0]), loss.device)
         return loss, stats, weight
 
-    def _extra_losses(self, hidden, audio_lengths, audio_start, batch) -> dict:
+    def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
+                      batch) -> dict:
+        """Losses a later stage adds: {name: (value, weight, stats)}. `out` is the LLM
+        output from position `shared` on, `audio_start` counts from there too."""
         return {}
 
 
@@ -360,6 +372,13 @@ class SpokenDialogModel(LLMASRModel):
     head reads the LLM's hidden state at the last audio position of every chunk; the label
     of a chunk is `listen` until `turn_end_delay` seconds after the speech ended, then the
     utterance's label (respond, or ignore for speech not addressed to the assistant).
+
+    Optionally the same frozen LLM reading the question as text is the teacher
+    (`distill_weight`, `distill_hidden_weight`): the answer target alone says only which
+    token the LLM chose, while its text-in run shows how it got there. The first weight
+    scores the KL divergence of the answer-token distributions, the second the distance
+    of every layer's hidden states over the closing of the user turn and the answer,
+    the positions both runs share.
     """
 
     def __init__(
@@ -379,6 +398,8 @@ class SpokenDialogModel(LLMASRModel):
         state_weight: float = 1.0,
         turn_end_delay: float = 0.32,
         frame_shift: float = 0.01,
+        distill_weight: float = 0.0,
+        distill_hidden_weight: float = 0.0,
         asr_instruction: Optional[str] = None,
         report_cer: bool = True,
         sym_space: str = "<space>",
@@ -392,6 +413,8 @@ class SpokenDialogModel(LLMASRModel):
         self.state_weight = state_weight
         self.turn_end_delay = turn_end_delay
         self.frame_shift = frame_shift
+        self.distill_weight = distill_weight
+        self.distill_hidden_weight = distill_hidden_weight
 
     def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
         if task == "asr":
@@ -426,10 +449,73 @@ class SpokenDialogModel(LLMASRModel):
         """Softmax-ready logits over the 3 used states."""
         return self.predictor_head(hidden)[..., :3]
 
-    def _extra_losses(self, hidden, audio_lengths, audio_start, batch) -> dict:
-        turn_info = batch.get("turn_info")
-        if turn_info is None or self.state_weight <= 0:
-            return {}
+    def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
+                      batch) -> dict:
+        extra = {}
+        if self.distill_weight > 0 or self.distill_hidden_weight > 0:
+            extra.update(self._distill_losses(out, kept_labels, mask, shared, batch))
+        if batch.get("turn_info") is not None and self.state_weight > 0:
+            extra["state"] = self._state_loss(out.hidden, audio_lengths, audio_start,
+                                              batch["turn_info"])
+        return extra
+
+    def _distill_losses(self, out, kept_labels, mask, shared, batch) -> dict:
+        question = batch.get("llm_question")
+        if question is None:
+            raise ValueError(
+                "distill_weight/distill_hidden_weight need the spoken questions' transcripts: "
+                "give stage 3 a 'text' data entry beside 'answer' (the preprocessor turns it "
+                "into llm_question)"
+            )
+        q_lengths = batch["llm_question_lengths"]
+        suffix_lengths, target_lengths = batch["llm_suffix_lengths"], batch["llm_target_lengths"]
+        with torch.no_grad():
+            q_emb = self.llm.embed_tokens(question.clamp(min=0)).float()
+            t_inputs, t_mask, t_labels, _ = self.assemble(
+                batch["llm_prefix"], batch["llm_prefix_lengths"], q_emb, q_lengths,
+                batch["llm_suffix"], suffix_lengths, batch["llm_target"], target_lengths,
+                task="text",
+            )
+            teacher, t_kept = self.run_llm_for_loss(t_inputs, t_mask, t_labels, shared)
+        losses = {}
+        if self.distill_weight > 0:
+            # boolean indexing walks both row by row, positions ascending: row b gives its
+            # target_lengths[b] answer positions in the same order in student and teacher
+            s_logits = out.logits[kept_labels != -100]
+            t_logits = teacher.logits[t_kept != -100]
+            if s_logits.size(0) != t_logits.size(0):
+                raise RuntimeError("distillation: student and teacher answer positions differ")
+            if s_logits.size(0) == 0:
+                kl = out.logits.sum() * 0.0
+            else:
+                kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1),
+                              log_target=True, reduction="batchmean")
+            losses["distill"] = (kl, self.distill_weight, dict(loss_distill=kl.detach()))
+        if self.distill_hidden_weight > 0:
+            # the user-turn closing + answer: the last (suffix + target) positions of each row;
+            # rows without an answer (speech not addressed to the assistant) are left out
+            span = torch.where(target_lengths > 0, suffix_lengths + target_lengths,
+                               torch.zeros_like(target_lengths))
+            offs = torch.arange(int(span.max().clamp(min=1)), device=span.device)
+            valid = offs[None, :] < span[:, None]
+            s_pos = (mask.sum(1) - span - shared)[:, None] + offs[None, :]
+            t_pos = (t_mask.sum(1) - span - shared)[:, None] + offs[None, :]
+            s_pos = s_pos.masked_fill(~valid, 0)
+            t_pos = t_pos.masked_fill(~valid, 0)
+            total = out.hidden.new_zeros(())
+            for s_layer, t_layer in zip(out.layers, teacher.layers):
+                idx = s_pos[..., None].expand(-1, -1, s_layer.size(-1))
+                s_h = torch.gather(s_layer.float(), 1, idx)
+                t_h = torch.gather(t_layer.float(), 1, t_pos[..., None].expand_as(idx))
+                # relative distance: the residual stream's scale grows with depth
+                rel = (s_h - t_h).pow(2).sum(-1) / t_h.pow(2).sum(-1).clamp(min=1e-6)
+                total = total + (rel * valid).sum() / valid.sum().clamp(min=1)
+            hid = total / len(out.layers)
+            losses["distill_hidden"] = (hid, self.distill_hidden_weight,
+                                        dict(loss_distill_hidden=hid.detach()))
+        return losses
+
+    def _state_loss(self, hidden, audio_lengths, audio_start, turn_info):
         labels = self.chunk_state_labels(audio_lengths, turn_info.float())
         per = self.embeddings_per_chunk
         chunk_idx = torch.arange(labels.size(1), device=hidden.device)
@@ -442,5 +528,4 @@ class SpokenDialogModel(LLMASRModel):
         loss = F.cross_entropy(logits[valid], labels[valid])
         pred = logits[valid].argmax(-1)
         acc = (pred == labels[valid]).float().mean()
-        return {"state": (loss, self.state_weight,
-                          dict(loss_state=loss.detach(), acc_state=acc.detach()))}
+        return loss, self.state_weight, dict(loss_state=loss.detach(), acc_state=acc.detach())
