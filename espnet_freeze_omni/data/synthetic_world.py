@@ -286,26 +286,6 @@ def _dialogs(pairs: List[Tuple[int, int]], world: World, prefix: str, max_turns:
     return dialogs
 
 
-def _least_heard_first(world: World, pool: List[Tuple[int, int]], count: int
-                       ) -> List[Tuple[int, int]]:
-    """`count` more questions from `pool` (all of it is asked once already), each about the
-    subject asked about least so far. Cycling the pool instead would repeat its mix: a city
-    has one relation (3 phrasings) and a person six, so each city would be spoken in about 3
-    training questions and each person in about 22."""
-    by_subject: Dict[str, List[Tuple[int, int]]] = {}
-    for pair in pool:
-        by_subject.setdefault(world.facts[pair[0]].subject, []).append(pair)
-    asked = {subject: len(pairs) for subject, pairs in by_subject.items()}
-    order = {subject: i for i, subject in enumerate(by_subject)}  # ties: first in the pool
-    extra = []
-    for _ in range(max(0, count)):
-        subject = min(by_subject, key=lambda s: (asked[s], order[s]))
-        pairs = by_subject[subject]
-        extra.append(pairs[(asked[subject] - len(pairs)) % len(pairs)])
-        asked[subject] += 1
-    return extra
-
-
 @dataclasses.dataclass
 class Corpus:
     world: World
@@ -404,8 +384,7 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
         priority = [first[f] for f, _ in test_pairs if f in first]
         chosen = set(priority)
         train_pool = priority + [p for p in train_pool if p not in chosen]
-    train_pairs = train_pool[:sizes.num_qa_train] + _least_heard_first(
-        world, train_pool, sizes.num_qa_train - len(train_pool))
+    train_pairs = [train_pool[i % len(train_pool)] for i in range(sizes.num_qa_train)]
     rng.shuffle(train_pairs)
     qa_train = _dialogs(train_pairs, world, "qa_train", sizes.max_turns, rng)
     qa_test = _dialogs(test_pairs, world, "qa_test", min(2, sizes.max_turns), rng)

@@ -10,11 +10,9 @@ seed=0
 num_train=2000            # ASR utterances (texts of dev/test never occur in train)
 num_dev=100
 num_test=100
-num_qa_train=3800         # Q/A pairs in the train dialogs (LLM training, text): every question
-                          # of the world outside the test set (2272), then more about whichever
-                          # person, city or country was asked about least, ~20 each
+num_qa_train=3000         # Q/A pairs in the train dialogs (LLM training, text)
 num_qa_test=200           # test questions (held out by text)
-num_spoken_qa_train=3800  # train questions also spoken for speech input stage 3: all of
+num_spoken_qa_train=3000  # train questions also spoken for speech input stage 3: all of
                           # them (600 gave 53 % spoken-QA accuracy, 1500 79 %, 3000 86.5 %: README)
 num_side_talk_train=200   # spoken speech not addressed to the assistant (label 2)
 num_side_talk_test=50
