@@ -421,3 +421,24 @@ def test_gan_codec_dir_gives_its_best_checkpoint_or_says_what_it_looked_for(tmp_
     assert conf == {"type": "espnet_gan_codec", "train_config": str(tmp_path / "config.yaml"),
                     "model_file": str(tmp_path / "train.total_count.best.pth"), "device": "cpu"}
     assert codec_files(conf) == (conf["train_config"], conf["model_file"])
+
+
+def test_guidance_scale_goes_from_the_command_line_to_every_segment(work, tmp_path, monkeypatch):
+    from espnet_freeze_omni.bin import speech2speech_inference
+    from espnet_freeze_omni.inference import speech_synthesis
+
+    scales = []
+    real = speech_synthesis.generate_codec_tokens
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs.get("guidance_scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(speech_synthesis, "generate_codec_tokens", spy)
+    (tmp_path / "one.scp").write_text("solo x\n")
+    out = tmp_path / "out"
+    speech2speech_inference.main(bin_cmd(work, out, "--key_file", str(tmp_path / "one.scp"),
+                                         "--outputs", "speech_out", "--history_mode", "none",
+                                         "--speak_ignored", "true", "--guidance_scale", "2.5"))
+    assert scales and set(scales) == {2.5}
+    assert soundfile.info(out / "speech_out" / "wav" / "solo.wav").frames > 0

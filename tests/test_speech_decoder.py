@@ -340,3 +340,68 @@ def test_restarted_codec_positions_make_the_codec_part_independent_of_text_lengt
     logits, _, pos = dec.prefill(text)
     assert pos == 1
     assert torch.allclose(logits, after[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("use_prefix,restart", [(False, False), (True, False), (True, True)])
+def test_condition_dropout_trains_the_context_that_guidance_decodes_against(use_prefix, restart):
+    """A hidden answer is trained on BOS alone at the positions `prefill(None)` uses, and
+    the rest of the batch keeps its text; guidance decodes the same with and without cache."""
+    dec = tiny_decoder(use_prefix=use_prefix, seed=3)
+    dec.restart_codec_positions = restart
+    dec.condition_dropout = 0.5
+    batch, n_text, n_codec = 16, 5, 6
+    text = torch.randn(batch, n_text, 64)
+    codec = torch.randint(0, 1024, (batch, n_codec))
+    lens = torch.full((batch,), n_text), torch.full((batch,), n_codec)
+    prefix = (torch.randn(batch, n_text, 64), torch.full((batch,), n_text)) if use_prefix else (None, None)
+    dec.train()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        trained, _ = dec(text, lens[0], codec, lens[1], *prefix)
+    dec.eval()
+    with torch.no_grad():
+        shown, _ = dec(text, lens[0], codec, lens[1], *prefix)
+    hidden_rows = [b for b in range(batch) if not torch.allclose(trained[b], shown[b], atol=1e-5)]
+    assert 0 < len(hidden_rows) < batch  # about half, drawn per answer
+    for b in hidden_rows:
+        for t in range(n_codec + 1):  # position t is predicted from [SOS, c_1 .. c_t]
+            ref = dec.logits_uncached(None, codec[b, :t])
+            assert torch.allclose(trained[b, t], ref[0], atol=1e-4), (b, t)
+    # what the hidden rows were trained on does not depend on their text
+    other = text.clone()
+    other[hidden_rows] = torch.randn(len(hidden_rows), n_text, 64)
+    dec.train()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        again, _ = dec(other, lens[0], codec, lens[1], *prefix)
+    assert torch.allclose(again[hidden_rows], trained[hidden_rows], atol=1e-5)
+
+    one_text = text[:1]
+    one_prefix = prefix[0][:1] if use_prefix else None
+    kw = dict(top_k=1, max_tokens=30, min_tokens=30, guidance_scale=3.0)
+    cached = list(generate_codec_tokens(dec, one_text, one_prefix, use_cache=True, **kw))
+    uncached = list(generate_codec_tokens(dec, one_text, one_prefix, use_cache=False, **kw))
+    assert cached == uncached
+
+
+def test_guidance_scale_moves_the_pick_away_from_the_text_free_prediction():
+    dec = tiny_decoder(seed=4)
+    text = torch.randn(1, 4, 64)
+    cond = dec.prefill(text)[0].log_softmax(-1)
+    free = dec.prefill(None)[0].log_softmax(-1)
+    for scale in (1.0, 2.5):
+        guided = cond + (scale - 1.0) * (cond - free)
+        guided[0, [dec.bos_id, dec.sos_id, dec.pad_id]] = float("-inf")
+        expect = int(guided.argmax())
+        got = list(generate_codec_tokens(dec, text, top_k=1, max_tokens=1, guidance_scale=scale))
+        assert got == ([] if expect == dec.eos_id else [expect])
+    # scale 1 is the decoder as it is, bit for bit
+    kw = dict(top_k=2, max_tokens=20, min_tokens=20)
+    a = list(generate_codec_tokens(dec, text, generator=torch.Generator().manual_seed(0), **kw))
+    b = list(generate_codec_tokens(dec, text, generator=torch.Generator().manual_seed(0),
+                                   guidance_scale=1.0, **kw))
+    assert a == b
+    with pytest.raises(ValueError, match="guidance_scale"):
+        list(generate_codec_tokens(dec, text, guidance_scale=0.0))
+    with pytest.raises(ValueError, match="condition_dropout"):
+        SpeechDecoder(llm_hidden_size=64, condition_dropout=1.0, **TINY)

@@ -8,7 +8,8 @@ weights: speed does not depend on training):
     first packet   time from the segment's text embeddings + hidden states to the first
                    PCM packet out of the PacketDecoder (prefix decoder + prefill + 30 AR
                    steps + the codec decode of the first packet), P50/P90 over --runs
-    AR tokens/s    cached autoregressive steps per second (sampling included)
+    AR tokens/s    cached autoregressive steps per second (sampling included; one pass per
+                   token even with --guidance_scale, which doubles the passes elsewhere)
     RTF            wall time of the whole path for a --rtf_tokens segment (codec included)
                    divided by the audio duration (tokens / 40 Hz)
 
@@ -152,7 +153,7 @@ def bench_size(name: str, args, codec: AbsCodec, device: torch.device, dtype) ->
         t0 = time.perf_counter()
         tokens = generate_codec_tokens(decoder, text, prefix, top_k=args.top_k,
                                        max_tokens=args.rtf_tokens, min_tokens=args.rtf_tokens,
-                                       generator=gen)
+                                       generator=gen, guidance_scale=args.guidance_scale)
         pcm = stream_pcm(timed, tokens)
         packet = next(pcm)
         sync(device)
@@ -184,7 +185,7 @@ def bench_size(name: str, args, codec: AbsCodec, device: torch.device, dtype) ->
     t0 = time.perf_counter()
     tokens = generate_codec_tokens(decoder, text, prefix, top_k=args.top_k,
                                    max_tokens=args.rtf_tokens, min_tokens=args.rtf_tokens,
-                                   generator=gen)
+                                   generator=gen, guidance_scale=args.guidance_scale)
     samples = sum(len(p) for p in stream_pcm(timed, tokens))
     sync(device)
     wall = time.perf_counter() - t0
@@ -209,6 +210,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="LLM tokens in the segment (a typical first segment)")
     p.add_argument("--rtf_tokens", type=int, default=200, help="codec tokens for AR/RTF (40 Hz)")
     p.add_argument("--top_k", type=int, default=2)
+    p.add_argument("--guidance_scale", type=float, default=1.0,
+                   help="classifier-free guidance (!= 1: a second, text-free cached pass per "
+                        "token in the first-packet and RTF figures)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--codec_conf", default=None, help="codec config for load_codec (YAML)")
     p.add_argument("--plot", default=None, help="write a PNG of the first-packet latencies")
@@ -226,7 +230,8 @@ def main(cmd=None):
     print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"dtype {args.dtype}")
     print(f"codec: {codec_desc}; {codec.sample_rate} Hz, {codec.samples_per_token} samples/token")
-    print(f"segment: {args.text_tokens} LLM tokens (+ as many hidden states), top-k {args.top_k}; "
+    print(f"segment: {args.text_tokens} LLM tokens (+ as many hidden states), top-k {args.top_k}, "
+          f"guidance scale {args.guidance_scale}; "
           f"first packet = PacketDecoder defaults; {args.runs} runs after 1 warm-up")
     results = []
     for name in args.sizes:

@@ -98,6 +98,10 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
     group.add_argument("--batch_size", type=int, default=8, help="text-in answers per batch")
     group.add_argument("--top_k", type=int, default=2, help="codec-token sampling")
+    group.add_argument("--guidance_scale", type=float, default=1.0,
+                       help="classifier-free guidance of the speech decoder against its "
+                            "text-free context (1 = off; needs a decoder trained with "
+                            "speech_decoder_conf condition_dropout > 0)")
     group.add_argument("--max_codec_tokens", type=int, default=1000, help="per text segment")
     group.add_argument("--seed", type=int, default=0, help="codec-token sampling seed")
     group.add_argument("--packet_conf", action=NestedDictAction, default=dict(),
@@ -313,6 +317,7 @@ def decode(args: argparse.Namespace) -> Path:
         codec_dir=None if args.codec_conf else args.codec_dir,
         device=device, llm_conf=args.llm_conf,
         decode_conf=dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                         guidance_scale=args.guidance_scale,
                          max_codec_tokens=args.max_codec_tokens, seed=args.seed,
                          packet_conf=args.packet_conf,
                          min_segment_tokens=args.min_segment_tokens,

@@ -206,6 +206,8 @@ class Speech2Speech:
         speech_decoder: the trained SpeechDecoder (stage 3: with the prefix decoder).
         codec: AbsCodec turning codec tokens into PCM (40 Hz tokens, 24 kHz).
         top_k: codec-token sampling (SPEC §2: 2; 1 = greedy).
+        guidance_scale: classifier-free guidance of the speech decoder (1 = off; for
+            decoders trained with `condition_dropout`).
         max_codec_tokens: bound per text segment (1000 = 25 s).
         packet_conf: PacketDecoder arguments (first_packet, lookahead, packet, overlap).
         seed: seed of codec-token sampling; `reseed(key)` derives one per utterance.
@@ -218,6 +220,7 @@ class Speech2Speech:
         speech_decoder,
         codec,
         top_k: int = 2,
+        guidance_scale: float = 1.0,
         max_codec_tokens: int = 1000,
         packet_conf: Optional[Dict] = None,
         seed: int = 0,
@@ -242,7 +245,7 @@ class Speech2Speech:
         speech_decoder.to(listener.device).eval()
         self.synthesizer = SpeechSynthesizer(
             speech_decoder, llm=self.llm, codec=codec, top_k=top_k,
-            max_tokens=max_codec_tokens, packet_conf=packet_conf, seed=seed)
+            guidance_scale=guidance_scale, max_tokens=max_codec_tokens, packet_conf=packet_conf, seed=seed)
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -2,7 +2,8 @@
 
     generate_codec_tokens(decoder, text_embeds, prefix)   yields codec ids one by one:
         prefill (prefix K/V + text + SOS in one pass), then one cached AR step per token;
-        top-k sampling (k=2 by default; k=1 is greedy), stop at EOS or after max_tokens.
+        top-k sampling (k=2 by default; k=1 is greedy), stop at EOS or after max_tokens;
+        with guidance_scale != 1, classifier-free guidance against the text-free context.
     SpeechSynthesizer(decoder, llm, codec).stream(token_ids, hidden_states)
         embeds the segment's tokens with the frozen LLM's own table, generates codec
         tokens, and pushes them through a PacketDecoder so PCM comes out packet by packet
@@ -55,6 +56,7 @@ def generate_codec_tokens(
     min_tokens: int = 0,
     use_cache: bool = True,
     generator: Optional[torch.Generator] = None,
+    guidance_scale: float = 1.0,
 ) -> Iterator[int]:
     """Yield codec ids for one segment as soon as each is sampled (EOS is not yielded).
 
@@ -68,7 +70,13 @@ def generate_codec_tokens(
         min_tokens: EOS is not allowed before this many tokens (benchmarks use it).
         use_cache: False recomputes the whole sequence every step (a reference for tests).
         generator: torch.Generator (CPU) for reproducible sampling.
+        guidance_scale: classifier-free guidance. 1 (the default) samples from the
+            decoder as it is; s > 1 samples from log p(c | text) + (s - 1) * (log p(c |
+            text) - log p(c)), where p(c) is the same stack given BOS alone, a second cached
+            pass per token. Meant for decoders trained with `condition_dropout`.
     """
+    if guidance_scale <= 0:
+        raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
     if text_embeds.dim() == 2:
         text_embeds = text_embeds[None]
     if prefix is not None and prefix.dim() == 2:
@@ -79,13 +87,21 @@ def generate_codec_tokens(
         prefix = None
     was_training = decoder.training
     decoder.eval()
+    guided = guidance_scale != 1.0
     try:
         if use_cache:
             logits, cache, position = decoder.prefill(text_embeds, prefix)
+            if guided:
+                free_logits, free_cache, free_position = decoder.prefill(None)
         else:
             logits = decoder.logits_uncached(text_embeds, _as_codes([], text_embeds), prefix)
+            if guided:
+                free_logits = decoder.logits_uncached(None, _as_codes([], text_embeds))
         generated: List[int] = []
         for i in range(max_tokens):
+            if guided:
+                cond = logits.float().log_softmax(-1)
+                logits = cond + (guidance_scale - 1.0) * (cond - free_logits.float().log_softmax(-1))
             token = sample_codec_token(
                 logits, decoder, top_k, allow_eos=i >= min_tokens, generator=generator
             )
@@ -99,10 +115,14 @@ def generate_codec_tokens(
                 step_in = torch.full((1, 1), token, dtype=torch.long, device=text_embeds.device)
                 logits = decoder.step(step_in, position, cache)
                 position += 1
+                if guided:
+                    free_logits = decoder.step(step_in, free_position, free_cache)
+                    free_position += 1
             else:
-                logits = decoder.logits_uncached(
-                    text_embeds, _as_codes(generated, text_embeds), prefix
-                )
+                codes = _as_codes(generated, text_embeds)
+                logits = decoder.logits_uncached(text_embeds, codes, prefix)
+                if guided:
+                    free_logits = decoder.logits_uncached(None, codes)
     finally:
         decoder.train(was_training)
 
@@ -121,6 +141,7 @@ class SpeechSynthesizer:
         top_k, max_tokens: sampling controls (SPEC §2: 2 and 1000).
         packet_conf: PacketDecoder keyword arguments (first_packet, lookahead, packet, overlap).
         seed: seed of the sampling generator (None = nondeterministic).
+        guidance_scale: classifier-free guidance (1 = off; see `generate_codec_tokens`).
     """
 
     def __init__(
@@ -132,13 +153,17 @@ class SpeechSynthesizer:
         max_tokens: int = 1000,
         packet_conf: Optional[dict] = None,
         seed: Optional[int] = None,
+        guidance_scale: float = 1.0,
     ):
+        if guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
         self.decoder = decoder
         self.llm = llm
         self.codec = codec
         self.top_k = top_k
         self.max_tokens = max_tokens
         self.packet_conf = dict(packet_conf or {})
+        self.guidance_scale = guidance_scale
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -225,6 +250,7 @@ class SpeechSynthesizer:
             top_k=self.top_k if top_k is None else top_k,
             max_tokens=self.max_tokens,
             generator=self.generator,
+            guidance_scale=self.guidance_scale,
         )
 
     def stream(

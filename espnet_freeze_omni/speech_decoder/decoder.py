@@ -11,7 +11,8 @@ Reads top to bottom:
       decode                 ONE 4-layer stack, shared weights: text part bidirectional (NAR),
                              codec part causal (AR); a single attention mask does both
       forward                teacher-forced training pass -> (logits, targets)
-      prefill / step         incremental inference with a K/V cache
+      prefill / step         incremental inference with a K/V cache; prefill(None) is the
+                             unconditional context (BOS only) for classifier-free guidance
 
 Token layout of the main stack (per utterance, prefix K/V in front if any):
 
@@ -134,6 +135,12 @@ class SpeechDecoder(nn.Module):
             embeddings can be 25x smaller than those, and then the residual stream starts
             out holding almost nothing of the text (README, "Training the speech decoder").
             Off (as in the release) by default.
+        condition_dropout: training only: the share of answers whose text (and prefix)
+            the stack is not shown: it then reads BOS alone and learns unconditional speech
+            with the same weights. Classifier-free guidance (Ho & Salimans 2022) at
+            inference (`generate_codec_tokens(guidance_scale=...)`) pushes the conditional
+            prediction away from that one, towards what the text adds. 0 (off, as in the
+            release) by default.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class SpeechDecoder(nn.Module):
         guided_attention_sigma: float = 0.2,
         restart_codec_positions: bool = False,
         normalize_llm_frames: bool = False,
+        condition_dropout: float = 0.0,
         max_position_embeddings: int = 4096,
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
@@ -178,6 +186,8 @@ class SpeechDecoder(nn.Module):
             raise ValueError(
                 f"codec_input_self_sampling must be in [0, 1], got {codec_input_self_sampling}"
             )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         bad = [i for i in guided_attention_layers if not 0 <= i < num_layers]
         if bad:
             raise ValueError(
@@ -194,6 +204,7 @@ class SpeechDecoder(nn.Module):
         self.guided_attention_sigma = guided_attention_sigma
         self.restart_codec_positions = restart_codec_positions
         self.normalize_llm_frames = normalize_llm_frames
+        self.condition_dropout = condition_dropout
         self.rms_norm_eps = rms_norm_eps
         # Special tokens sit right after the codes, in the release's order.
         self.bos_id = vocab_size
@@ -420,7 +431,8 @@ class SpeechDecoder(nn.Module):
         t_rel = t_pos[None, :] / text_lens[:, None].clamp(min=1).float()  # (B, Lt)
         dist = n_rel[:, :, None] - t_rel[:, None, :]
         penalty = 1.0 - torch.exp(-(dist**2) / (2.0 * self.guided_attention_sigma**2))
-        rows = lengths_to_mask(codec_lens, codec_max)  # (B, Tc)
+        # an answer shown no text (condition_dropout: BOS alone) has nothing to align with
+        rows = lengths_to_mask(codec_lens, codec_max) & (text_lens > 1)[:, None]  # (B, Tc)
         per_row = (probs * penalty[:, None]).sum(-1)  # (B, h, Tc)
         per_row = per_row * rows[:, None].float()
         return per_row.sum() / (rows.sum().clamp(min=1) * heads)
@@ -460,6 +472,13 @@ class SpeechDecoder(nn.Module):
         target = target.scatter(1, codec_lens[:, None].long(), self.eos_id)
 
         text_states, text_state_lens = self.encode_text(text_embeds, text_lens)
+        if self.training and self.condition_dropout > 0:
+            # the hidden answers keep BOS only (its length 1) and no prefix, exactly the
+            # context `prefill(None)` gives at inference
+            hidden = torch.rand(batch, device=codec.device) < self.condition_dropout
+            text_state_lens = text_state_lens.masked_fill(hidden, 1)
+            if prefix_lens is not None:
+                prefix_lens = prefix_lens.masked_fill(hidden, 0)
         if self.training and self.codec_input_self_sampling > 0:
             own = self._teacher_forced_argmax(
                 text_states.detach(), text_state_lens, torch.cat([sos, codes], dim=1),
@@ -510,24 +529,37 @@ class SpeechDecoder(nn.Module):
     # ------------------------------------------------------------------ incremental inference
     @torch.no_grad()
     def prefill(
-        self, text_embeds: torch.Tensor, prefix: Optional[torch.Tensor] = None
+        self, text_embeds: Optional[torch.Tensor], prefix: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, DynamicCache, int]:
         """One utterance (batch 1, no padding): prefix, text and SOS in a single pass.
 
+        `text_embeds` None gives the unconditional context, BOS alone and no prefix, the
+        one `condition_dropout` trains (for classifier-free guidance).
         Returns the logits (1, V) for the first codec token, the cache, and the position
         of the next token to feed.
         """
-        device = text_embeds.device
-        one = torch.ones(1, dtype=torch.long, device=device)
+        text_states, text_lens, cache, prefix_lens = self._inference_context(text_embeds, prefix)
+        if cache is None:
+            cache = DynamicCache()
+        sos = torch.full((1, 1), self.sos_id, dtype=torch.long, device=text_states.device)
+        logits = self.decode(text_states, text_lens, sos, torch.ones_like(text_lens), cache,
+                             prefix_lens)
+        next_position = 1 if self.restart_codec_positions else int(text_lens[0]) + 1
+        return logits[:, -1], cache, next_position
+
+    def _inference_context(
+        self, text_embeds: Optional[torch.Tensor], prefix: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[DynamicCache], Optional[torch.Tensor]]:
+        """(text states, their length, prefix cache or None, prefix length) for batch 1."""
+        if text_embeds is None:
+            bos = self.embedding.weight[self.bos_id].view(1, 1, -1)
+            return bos, torch.ones(1, dtype=torch.long, device=bos.device), None, None
+        one = torch.ones(1, dtype=torch.long, device=text_embeds.device)
         text_states, text_lens = self.encode_text(text_embeds, one * text_embeds.size(1))
         if self.use_prefix and prefix is not None:
             cache, prefix_lens = self.encode_prefix(prefix, one * prefix.size(1))
-        else:
-            cache, prefix_lens = DynamicCache(), None
-        sos = torch.full((1, 1), self.sos_id, dtype=torch.long, device=device)
-        logits = self.decode(text_states, text_lens, sos, one, cache, prefix_lens)
-        next_position = 1 if self.restart_codec_positions else int(text_lens[0]) + 1
-        return logits[:, -1], cache, next_position
+            return text_states, text_lens, cache, prefix_lens
+        return text_states, text_lens, None, None
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: int, cache: DynamicCache) -> torch.Tensor:
@@ -552,21 +584,18 @@ class SpeechDecoder(nn.Module):
     @torch.no_grad()
     def logits_uncached(
         self,
-        text_embeds: torch.Tensor,
+        text_embeds: Optional[torch.Tensor],
         codes: torch.Tensor,
         prefix: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Reference for the cache: recompute everything for [SOS, codes]; logits (1, V)."""
-        device = text_embeds.device
-        one = torch.ones(1, dtype=torch.long, device=device)
-        text_states, text_lens = self.encode_text(text_embeds, one * text_embeds.size(1))
-        if self.use_prefix and prefix is not None:
-            cache, prefix_lens = self.encode_prefix(prefix, one * prefix.size(1))
-        else:
-            cache, prefix_lens = None, None
-        sos = torch.full((1, 1), self.sos_id, dtype=torch.long, device=device)
+        """Reference for the cache: recompute everything for [SOS, codes]; logits (1, V).
+
+        `text_embeds` None: the unconditional context, as in `prefill`."""
+        text_states, text_lens, cache, prefix_lens = self._inference_context(text_embeds, prefix)
+        sos = torch.full((1, 1), self.sos_id, dtype=torch.long, device=text_states.device)
         codec_in = torch.cat([sos, codes.view(1, -1).long()], dim=1)
         logits = self.decode(
-            text_states, text_lens, codec_in, one * codec_in.size(1), cache, prefix_lens
+            text_states, text_lens, codec_in, torch.ones_like(text_lens) * codec_in.size(1),
+            cache, prefix_lens,
         )
         return logits[:, -1]
