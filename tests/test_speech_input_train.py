@@ -99,6 +99,21 @@ def test_stage2_llm_loss_goes_down_and_starts_from_stage1(stage_dirs):
     assert stats[1]["train"]["loss_ctc"] < epoch_stats(s1)[1]["train"]["loss_ctc"]
 
 
+def test_stage2_text_in_teacher_runs_through_the_data_loader(
+        stage_dirs, spoken_corpus, stats_dir, tiny_llm_dir, tmp_path):
+    """Stage 2 with the teacher on: the preprocessor's llm_question (instruction +
+    transcript) reaches the model through espnet's loader, and both losses are logged."""
+    s1, _, _ = stage_dirs
+    out = tmp_path / "stage2_teacher"
+    speech_input_train.main(stage_cmd(
+        spoken_corpus, stats_dir, out, 2, "--max_epoch", "1",
+        "--llm_conf", f"path={tiny_llm_dir}", "--init_param", f"{s1}/4epoch.pth",
+        "--model_conf", "distill_weight=1.0", "--model_conf", "distill_hidden_weight=3.0"))
+    stats = epoch_stats(out)[1]
+    assert stats["train"]["loss_distill_hidden"] > 0 and stats["train"]["loss_distill"] >= 0
+    assert "loss_distill_hidden" in stats["valid"]
+
+
 def test_stage3_keeps_the_configured_parts_frozen(stage_dirs):
     import yaml
 
@@ -422,15 +437,19 @@ def test_text_in_teacher_distillation_is_zero_for_the_question_itself(
     with pytest.raises(ValueError, match="'text' data entry"):
         distill(audio, audio_lengths, "default")
 
-    # the preprocessor gives stage-3 items (answer + transcript) their question tokens
+    # the preprocessor gives the teacher its text: the question (stage 3, answer +
+    # transcript), or the ASR instruction and the transcript (stage 2, transcript only)
     from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
 
     pre = SpeechInputPreprocessor(train=True, llm_path=str(tiny_llm_dir), token_type="char",
-                                  token_list=str(spoken_corpus / "tokens.txt"))
+                                  token_list=str(spoken_corpus / "tokens.txt"),
+                                  asr_instruction="Repeat after me:")
     wav = np.zeros(1600, dtype=np.float32)
     item = pre("q1", {"speech": wav, "text": "hello there ", "answer": "hi"})
     assert item["llm_question"].tolist() == template.question_ids("hello there")
-    assert "llm_question" not in pre("a1", {"speech": wav, "text": "hello there"})  # stage 2
+    item = pre("a1", {"speech": wav, "text": "hello there"})
+    assert item["llm_question"].tolist() == template.question_ids("Repeat after me: hello there")
+    assert item["llm_target"].tolist() == template.answer_ids("hello there")
 
 
 def test_step_benchmark_runs_both_paths_on_a_trained_stage(stage_dirs, capsys):

@@ -6,7 +6,8 @@ tokenizes with the frozen LLM's own tokenizer under its chat template:
     llm_prefix   system prompt + earlier turns + opening of the user turn (before the audio)
     llm_suffix   closing of the user turn + opening of the assistant turn
     llm_target   what the LLM must say: the transcript (stage 2) or `answer` (stage 3)
-    llm_question the transcript as question tokens (stage 3: the text-in teacher's input)
+    llm_question the transcript as the user's text (the text-in teacher's input): in stage 3
+                 the question itself, in stage 2 `asr_instruction` and the transcript
     turn_info    (label, speech_end_seconds) for the state head (stage 3)
 
 Data names it reads: speech, text, answer, history (a JSON list of {role, content}),
@@ -31,9 +32,13 @@ class SpeechInputPreprocessor(CommonPreprocessor):
         train: bool,
         llm_path: Optional[str] = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        asr_instruction: Optional[str] = None,
         **kwargs,
     ):
         super().__init__(train, **kwargs)
+        # the stage-2 model's text cue before the audio (model_conf asr_instruction): the
+        # text-in teacher of stage 2 reads it before the transcript, as the LLM learned
+        self.asr_instruction = asr_instruction
         self.template = None
         if llm_path is not None:
             self.template = ChatTemplate(load_llm_tokenizer(llm_path), system_prompt=system_prompt)
@@ -61,11 +66,14 @@ class SpeechInputPreprocessor(CommonPreprocessor):
             data["llm_prefix"] = np.asarray(self.template.prefix_ids(turns), dtype=np.int64)
             data["llm_suffix"] = np.asarray(self.template.suffix_ids(), dtype=np.int64)
             data["llm_target"] = np.asarray(target_ids, dtype=np.int64)
-            if answer is not None and isinstance(transcript, str):
-                # the spoken question as text: stage 3 can run the frozen LLM on it as the
-                # teacher of the speech-in run (SpokenDialogModel distill_weight)
+            if isinstance(transcript, str):
+                # what the speech says, as text: the frozen LLM reading it is the teacher of
+                # the speech-in run (model_conf distill_weight / distill_hidden_weight)
+                question = transcript.strip()
+                if answer is None and self.asr_instruction:
+                    question = f"{self.asr_instruction} {question}"
                 data["llm_question"] = np.asarray(
-                    self.template.question_ids(transcript.strip()), dtype=np.int64)
+                    self.template.question_ids(question), dtype=np.int64)
         if turn_info is not None:
             data["turn_info"] = self._parse_turn_info(uid, turn_info)
         return data

@@ -148,6 +148,14 @@ class LLMASRModel(EncoderCTCModel):
     The LLM sees  [chat prefix] [task embeddings] [audio embeddings] [chat suffix] [target]
     and only the target tokens are scored. `ctc_weight` > 0 keeps the CTC loss as an
     auxiliary task (it also keeps `ctc.*` trained for streaming ASR decoding).
+
+    Optionally the same frozen LLM reading the transcript as text is the teacher
+    (`distill_weight`, `distill_hidden_weight`): the target alone says only which token
+    the LLM must produce, while its text-in run shows how it gets there. The first weight
+    scores the KL divergence of the target-token distributions, the second the distance
+    of every layer's hidden states over the closing of the user turn and the target, the
+    positions both runs share. The text-in prompt is the preprocessor's `llm_question`
+    (stage 2: the ASR instruction and the transcript; stage 3: the question).
     """
 
     def __init__(
@@ -164,6 +172,8 @@ class LLMASRModel(EncoderCTCModel):
         ctc_weight: float = 0.0,
         task_num: int = 4,
         asr_instruction: Optional[str] = None,
+        distill_weight: float = 0.0,
+        distill_hidden_weight: float = 0.0,
         report_cer: bool = True,
         sym_space: str = "<space>",
         sym_blank: str = "<blank>",
@@ -178,6 +188,8 @@ class LLMASRModel(EncoderCTCModel):
         self.adapter = adapter
         hold_frozen_llm(self, llm)
         self.ctc_weight = ctc_weight
+        self.distill_weight = distill_weight
+        self.distill_hidden_weight = distill_hidden_weight
         # A few trainable special embeddings that tell the frozen LLM "this is audio to
         # transcribe"; the release calls them task embeddings.
         self.task_embeddings = torch.nn.Embedding(task_num, llm.hidden_size)
@@ -359,113 +371,18 @@ class LLMASRModel(EncoderCTCModel):
 
     def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
                       batch) -> dict:
-        """Losses a later stage adds: {name: (value, weight, stats)}. `out` is the LLM
+        """Losses added to the target's: {name: (value, weight, stats)}. `out` is the LLM
         output from position `shared` on, `audio_start` counts from there too."""
-        return {}
-
-
-class SpokenDialogModel(LLMASRModel):
-    """Stage 3: multi-round spoken Q&A plus the duplex state head.
-
-    `prompt_num` trainable prompt embeddings replace the task embeddings before the audio;
-    the answer target is what the frozen LLM itself said to the text question. The state
-    head reads the LLM's hidden state at the last audio position of every chunk; the label
-    of a chunk is `listen` until `turn_end_delay` seconds after the speech ended, then the
-    utterance's label (respond, or ignore for speech not addressed to the assistant).
-
-    Optionally the same frozen LLM reading the question as text is the teacher
-    (`distill_weight`, `distill_hidden_weight`): the answer target alone says only which
-    token the LLM chose, while its text-in run shows how it got there. The first weight
-    scores the KL divergence of the answer-token distributions, the second the distance
-    of every layer's hidden states over the closing of the user turn and the answer,
-    the positions both runs share.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        token_list: Sequence[str],
-        frontend: Optional[AbsFrontend],
-        specaug: Optional[AbsSpecAug],
-        normalize: Optional[AbsNormalize],
-        encoder: AbsEncoder,
-        ctc: CTC,
-        adapter: torch.nn.Module,
-        llm: FrozenLLM,
-        ctc_weight: float = 0.0,
-        task_num: int = 4,
-        prompt_num: int = 25,
-        state_weight: float = 1.0,
-        turn_end_delay: float = 0.32,
-        frame_shift: float = 0.01,
-        distill_weight: float = 0.0,
-        distill_hidden_weight: float = 0.0,
-        asr_instruction: Optional[str] = None,
-        report_cer: bool = True,
-        sym_space: str = "<space>",
-        sym_blank: str = "<blank>",
-    ):
-        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
-                         adapter, llm, ctc_weight, task_num, asr_instruction, report_cer,
-                         sym_space, sym_blank)
-        self.prompt_embeddings = torch.nn.Embedding(prompt_num, llm.hidden_size)
-        self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
-        self.state_weight = state_weight
-        self.turn_end_delay = turn_end_delay
-        self.frame_shift = frame_shift
-        self.distill_weight = distill_weight
-        self.distill_hidden_weight = distill_hidden_weight
-
-    def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
-        if task == "asr":
-            return super().before_audio(batch_size, device, task)
-        ids = torch.arange(self.prompt_embeddings.num_embeddings, device=device)
-        return self.prompt_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
-
-    # ------------------------------------------------------------------ chunk geometry
-    @property
-    def embeddings_per_chunk(self) -> int:
-        """LLM embeddings produced per encoder chunk (2 for chunk 4 and adapter stride 2)."""
-        return max(1, self.encoder.chunk_size // self.adapter.stride)
-
-    @property
-    def chunk_seconds(self) -> float:
-        return self.encoder.chunk_size * 4 * self.frame_shift
-
-    def chunk_state_labels(self, audio_lengths: torch.Tensor, turn_info: torch.Tensor) -> torch.Tensor:
-        """(B, C) state label per chunk from turn_info rows (label, speech_end_seconds)."""
-        per = self.embeddings_per_chunk
-        n_chunks = (audio_lengths + per - 1) // per
-        max_chunks = int(n_chunks.max())
-        chunk_end = (torch.arange(max_chunks, device=audio_lengths.device) + 1) * self.chunk_seconds
-        label = turn_info[:, 0].round().long()
-        speech_end = turn_info[:, 1]
-        after = chunk_end[None, :] >= (speech_end[:, None] + self.turn_end_delay)
-        labels = torch.where(after, label[:, None], torch.full_like(after, STATE_LISTEN, dtype=torch.long))
-        labels = labels.masked_fill(~_lengths_to_mask(n_chunks, max_chunks), -100)
-        return labels
-
-    def state_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Softmax-ready logits over the 3 used states."""
-        return self.predictor_head(hidden)[..., :3]
-
-    def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
-                      batch) -> dict:
-        extra = {}
         if self.distill_weight > 0 or self.distill_hidden_weight > 0:
-            extra.update(self._distill_losses(out, kept_labels, mask, shared, batch))
-        if batch.get("turn_info") is not None and self.state_weight > 0:
-            extra["state"] = self._state_loss(out.hidden, audio_lengths, audio_start,
-                                              batch["turn_info"])
-        return extra
+            return self._distill_losses(out, kept_labels, mask, shared, batch)
+        return {}
 
     def _distill_losses(self, out, kept_labels, mask, shared, batch) -> dict:
         question = batch.get("llm_question")
         if question is None:
             raise ValueError(
-                "distill_weight/distill_hidden_weight need the spoken questions' transcripts: "
-                "give stage 3 a 'text' data entry beside 'answer' (the preprocessor turns it "
-                "into llm_question)"
+                "distill_weight/distill_hidden_weight need the transcripts: give the stage "
+                "a 'text' data entry (the preprocessor turns it into llm_question)"
             )
         q_lengths = batch["llm_question_lengths"]
         suffix_lengths, target_lengths = batch["llm_suffix_lengths"], batch["llm_target_lengths"]
@@ -514,6 +431,95 @@ class SpokenDialogModel(LLMASRModel):
             losses["distill_hidden"] = (hid, self.distill_hidden_weight,
                                         dict(loss_distill_hidden=hid.detach()))
         return losses
+
+
+class SpokenDialogModel(LLMASRModel):
+    """Stage 3: multi-round spoken Q&A plus the duplex state head.
+
+    `prompt_num` trainable prompt embeddings replace the task embeddings before the audio;
+    the answer target is what the frozen LLM itself said to the text question. The state
+    head reads the LLM's hidden state at the last audio position of every chunk; the label
+    of a chunk is `listen` until `turn_end_delay` seconds after the speech ended, then the
+    utterance's label (respond, or ignore for speech not addressed to the assistant).
+
+    The text-in teacher (`distill_weight`, `distill_hidden_weight`, see LLMASRModel) reads
+    the question as text and answers it; side talk (no answer) is left out of it.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        token_list: Sequence[str],
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        ctc: CTC,
+        adapter: torch.nn.Module,
+        llm: FrozenLLM,
+        ctc_weight: float = 0.0,
+        task_num: int = 4,
+        prompt_num: int = 25,
+        state_weight: float = 1.0,
+        turn_end_delay: float = 0.32,
+        frame_shift: float = 0.01,
+        distill_weight: float = 0.0,
+        distill_hidden_weight: float = 0.0,
+        asr_instruction: Optional[str] = None,
+        report_cer: bool = True,
+        sym_space: str = "<space>",
+        sym_blank: str = "<blank>",
+    ):
+        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
+                         adapter, llm, ctc_weight, task_num, asr_instruction, distill_weight,
+                         distill_hidden_weight, report_cer, sym_space, sym_blank)
+        self.prompt_embeddings = torch.nn.Embedding(prompt_num, llm.hidden_size)
+        self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
+        self.state_weight = state_weight
+        self.turn_end_delay = turn_end_delay
+        self.frame_shift = frame_shift
+
+    def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
+        if task == "asr":
+            return super().before_audio(batch_size, device, task)
+        ids = torch.arange(self.prompt_embeddings.num_embeddings, device=device)
+        return self.prompt_embeddings(ids).unsqueeze(0).expand(batch_size, -1, -1)
+
+    # ------------------------------------------------------------------ chunk geometry
+    @property
+    def embeddings_per_chunk(self) -> int:
+        """LLM embeddings produced per encoder chunk (2 for chunk 4 and adapter stride 2)."""
+        return max(1, self.encoder.chunk_size // self.adapter.stride)
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.encoder.chunk_size * 4 * self.frame_shift
+
+    def chunk_state_labels(self, audio_lengths: torch.Tensor, turn_info: torch.Tensor) -> torch.Tensor:
+        """(B, C) state label per chunk from turn_info rows (label, speech_end_seconds)."""
+        per = self.embeddings_per_chunk
+        n_chunks = (audio_lengths + per - 1) // per
+        max_chunks = int(n_chunks.max())
+        chunk_end = (torch.arange(max_chunks, device=audio_lengths.device) + 1) * self.chunk_seconds
+        label = turn_info[:, 0].round().long()
+        speech_end = turn_info[:, 1]
+        after = chunk_end[None, :] >= (speech_end[:, None] + self.turn_end_delay)
+        labels = torch.where(after, label[:, None], torch.full_like(after, STATE_LISTEN, dtype=torch.long))
+        labels = labels.masked_fill(~_lengths_to_mask(n_chunks, max_chunks), -100)
+        return labels
+
+    def state_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Softmax-ready logits over the 3 used states."""
+        return self.predictor_head(hidden)[..., :3]
+
+    def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
+                      batch) -> dict:
+        extra = super()._extra_losses(out, kept_labels, mask, shared, audio_lengths,
+                                      audio_start, batch)
+        if batch.get("turn_info") is not None and self.state_weight > 0:
+            extra["state"] = self._state_loss(out.hidden, audio_lengths, audio_start,
+                                              batch["turn_info"])
+        return extra
 
     def _state_loss(self, hidden, audio_lengths, audio_start, turn_info):
         labels = self.chunk_state_labels(audio_lengths, turn_info.float())

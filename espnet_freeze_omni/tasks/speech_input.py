@@ -138,6 +138,7 @@ class SpeechInputTask(AbsTask):
         return preprocessor_class(
             train=train,
             llm_path=llm_path,
+            asr_instruction=(getattr(args, "model_conf", None) or {}).get("asr_instruction"),
             token_type=args.token_type,
             token_list=args.token_list,
             bpemodel=args.bpemodel,
