@@ -353,7 +353,8 @@ def test_condition_dropout_trains_the_context_that_guidance_decodes_against(use_
     text = torch.randn(batch, n_text, 64)
     codec = torch.randint(0, 1024, (batch, n_codec))
     lens = torch.full((batch,), n_text), torch.full((batch,), n_codec)
-    prefix = (torch.randn(batch, n_text, 64), torch.full((batch,), n_text)) if use_prefix else (None, None)
+    prefix = ((torch.randn(batch, n_text, 64), torch.full((batch,), n_text)) if use_prefix
+              else (None, None))
     dec.train()
     torch.manual_seed(11)
     with torch.no_grad():

@@ -8,8 +8,8 @@ weights: speed does not depend on training):
     first packet   time from the segment's text embeddings + hidden states to the first
                    PCM packet out of the PacketDecoder (prefix decoder + prefill + 30 AR
                    steps + the codec decode of the first packet), P50/P90 over --runs
-    AR tokens/s    cached autoregressive steps per second (sampling included; one pass per
-                   token even with --guidance_scale, which doubles the passes elsewhere)
+    AR tokens/s    cached autoregressive steps per second (greedy picks; one pass per token
+                   even with --guidance_scale, which doubles the passes elsewhere)
     RTF            wall time of the whole path for a --rtf_tokens segment (codec included)
                    divided by the audio duration (tokens / 40 Hz)
 

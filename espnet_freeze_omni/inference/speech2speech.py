@@ -245,7 +245,8 @@ class Speech2Speech:
         speech_decoder.to(listener.device).eval()
         self.synthesizer = SpeechSynthesizer(
             speech_decoder, llm=self.llm, codec=codec, top_k=top_k,
-            guidance_scale=guidance_scale, max_tokens=max_codec_tokens, packet_conf=packet_conf, seed=seed)
+            guidance_scale=guidance_scale, max_tokens=max_codec_tokens,
+            packet_conf=packet_conf, seed=seed)
 
     # ------------------------------------------------------------------ building
     @classmethod

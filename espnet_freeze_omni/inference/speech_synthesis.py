@@ -101,7 +101,8 @@ def generate_codec_tokens(
         for i in range(max_tokens):
             if guided:
                 cond = logits.float().log_softmax(-1)
-                logits = cond + (guidance_scale - 1.0) * (cond - free_logits.float().log_softmax(-1))
+                free = free_logits.float().log_softmax(-1)
+                logits = cond + (guidance_scale - 1.0) * (cond - free)
             token = sample_codec_token(
                 logits, decoder, top_k, allow_eos=i >= min_tokens, generator=generator
             )
