@@ -270,3 +270,65 @@ def test_guided_attention_weight_adds_the_decoders_loss(workdir):
     bad = parser.parse_args(base + ["--model_conf", "guided_attention_weight=1.0"])
     with pytest.raises(ValueError, match="guided_attention_layers"):
         SpeechOutputTask.build_model(bad)
+
+
+def test_decoder_bpe_merges_splits_only_what_the_decoder_reads(workdir):
+    """model_conf decoder_bpe_merges: the decoder reads the answer's tokens split finer, the
+    prefix stays the LLM's hidden state per token; training through espnet and loading the
+    checkpoint for inference both keep the split."""
+    import json
+
+    from espnet_freeze_omni.inference.speech_synthesis import SpeechSynthesizer
+
+    tokenizer = FrozenLLM(workdir / "llm").tokenizer
+    merges = len(json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]) // 4
+    parser = SpeechOutputTask.get_parser()
+    args = parser.parse_args(["--config", str(ROOT / "conf/speech_output_stage3_tiny.yaml"),
+                              "--llm_conf", f"path={workdir / 'llm'}", "--output_dir", "x",
+                              "--model_conf", f"decoder_bpe_merges={merges}"])
+    torch.manual_seed(0)
+    model = SpeechOutputTask.build_model(args).eval()
+    pre = SpeechOutputTask.build_preprocess_fn(args, train=False)
+    items = [pre(f"u{i}", {"text": ANSWERS[i], "question": QUESTIONS[i]}) for i in (1, 3)]
+    lens = torch.tensor([len(x["text"]) for x in items])
+    qlens = torch.tensor([len(x["question"]) for x in items])
+    text = torch.full((2, int(lens.max())), -1, dtype=torch.long)
+    question = torch.full((2, int(qlens.max())), -1, dtype=torch.long)
+    for b, x in enumerate(items):
+        text[b, : lens[b]] = torch.from_numpy(x["text"])
+        question[b, : qlens[b]] = torch.from_numpy(x["question"])
+    codec = torch.randint(0, VOCAB, (2, 15))
+    clens = torch.tensor([15, 11])
+    loss, stats, _ = model(text, lens, codec, clens, question, qlens)
+
+    finer = [model.token_splitter.split(text[b, : lens[b]].tolist()) for b in range(2)]
+    flens = torch.tensor([len(f) for f in finer])
+    assert bool((flens > lens).all()), (flens, lens)
+    ftext = torch.full((2, int(flens.max())), -1, dtype=torch.long)
+    for b, f in enumerate(finer):
+        ftext[b, : len(f)] = torch.tensor(f)
+    prefix, plens = model.answer_hidden_states(text, lens, question, qlens)
+    assert torch.equal(plens, lens)  # one hidden state per LLM token, as before
+    logits, target = model.speech_decoder(model.embed_text(ftext, flens), flens, codec, clens,
+                                          prefix, plens)
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+        ignore_index=model.speech_decoder.pad_id)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # inference splits a segment's tokens the same way before embedding them
+    hidden = prefix[0, : lens[0]]
+    split = SpeechSynthesizer(model.speech_decoder, llm=model.llm, top_k=1, max_tokens=8,
+                              token_splitter=model.token_splitter)
+    plain = SpeechSynthesizer(model.speech_decoder, llm=model.llm, top_k=1, max_tokens=8)
+    ids = text[0, : lens[0]].tolist()
+    assert list(split.tokens(ids, hidden)) == list(plain.tokens(finer[0], hidden))
+    assert list(split.tokens(ids, hidden)) != list(plain.tokens(ids, hidden))
+
+    # through espnet's Trainer, and back through from_pretrained
+    exp = workdir / "exp_finer"
+    main(train_cmd(workdir, 2, exp, epochs=1,
+                   extra=["--model_conf", f"decoder_bpe_merges={merges}"]))
+    synth = SpeechSynthesizer.from_pretrained(str(exp / "valid.loss.best.pth"),
+                                              llm_path=str(workdir / "llm"))
+    assert synth.token_splitter is not None and synth.token_splitter.num_merges == merges

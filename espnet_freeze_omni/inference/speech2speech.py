@@ -212,6 +212,7 @@ class Speech2Speech:
         packet_conf: PacketDecoder arguments (first_packet, lookahead, packet, overlap).
         seed: seed of codec-token sampling; `reseed(key)` derives one per utterance.
         min_segment_tokens, long_segment_tokens: TextSegmenter rules (4 and 20).
+        token_splitter: the speech-output model's `FinerTokenSplitter`, if it has one.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class Speech2Speech:
         seed: int = 0,
         min_segment_tokens: int = 4,
         long_segment_tokens: int = 20,
+        token_splitter=None,
     ):
         if not isinstance(listener.model, SpokenDialogModel):
             raise ValueError(
@@ -246,7 +248,7 @@ class Speech2Speech:
         self.synthesizer = SpeechSynthesizer(
             speech_decoder, llm=self.llm, codec=codec, top_k=top_k,
             guidance_scale=guidance_scale, max_tokens=max_codec_tokens,
-            packet_conf=packet_conf, seed=seed)
+            packet_conf=packet_conf, seed=seed, token_splitter=token_splitter)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -307,7 +309,8 @@ class Speech2Speech:
         output_model = build_speech_output_model(output_conf, llm)
         load_trained_state(output_model, speech_output_model, speech_output_config, device)
         codec = load_codec(codec_conf)
-        return cls(listener, output_model.speech_decoder, codec, **decode_conf)
+        return cls(listener, output_model.speech_decoder, codec,
+                   token_splitter=output_model.token_splitter, **decode_conf)
 
     @classmethod
     def from_pretrained(

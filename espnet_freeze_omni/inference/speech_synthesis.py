@@ -143,6 +143,9 @@ class SpeechSynthesizer:
         packet_conf: PacketDecoder keyword arguments (first_packet, lookahead, packet, overlap).
         seed: seed of the sampling generator (None = nondeterministic).
         guidance_scale: classifier-free guidance (1 = off; see `generate_codec_tokens`).
+        token_splitter: the model's `FinerTokenSplitter` when it was trained with
+            `decoder_bpe_merges`: the segment's tokens are split the same way before they
+            are embedded (the hidden states stay one per LLM token).
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class SpeechSynthesizer:
         packet_conf: Optional[dict] = None,
         seed: Optional[int] = None,
         guidance_scale: float = 1.0,
+        token_splitter=None,
     ):
         if guidance_scale <= 0:
             raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
@@ -165,6 +169,7 @@ class SpeechSynthesizer:
         self.max_tokens = max_tokens
         self.packet_conf = dict(packet_conf or {})
         self.guidance_scale = guidance_scale
+        self.token_splitter = token_splitter
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -213,7 +218,8 @@ class SpeechSynthesizer:
             from espnet_freeze_omni.codec.abs_codec import load_codec
 
             codec = load_codec(codec_conf)
-        return cls(model.speech_decoder, llm=model.llm, codec=codec, **kwargs)
+        return cls(model.speech_decoder, llm=model.llm, codec=codec,
+                   token_splitter=model.token_splitter, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -226,6 +232,8 @@ class SpeechSynthesizer:
         if self.llm is None:
             raise ValueError("SpeechSynthesizer needs the frozen LLM to embed token ids")
         # On the LLM's own device: FrozenLLM follows its inputs, and must not be moved here.
+        if self.token_splitter is not None:
+            token_ids = self.token_splitter.split(token_ids)
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.llm.device)
         with torch.no_grad():
             text_embeds = self.llm.embed_tokens(ids)

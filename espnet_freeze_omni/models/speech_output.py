@@ -20,6 +20,7 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_freeze_omni.llm.chat_template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
+from espnet_freeze_omni.llm.finer_tokens import FinerTokenSplitter
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM, hold_frozen_llm
 from espnet_freeze_omni.speech_decoder.decoder import SpeechDecoder
 
@@ -34,6 +35,10 @@ class SpeechOutputModel(AbsESPnetModel):
         system_prompt: system turn of the chat template used to compute hidden states.
         guided_attention_weight: weight of the speech decoder's guided-attention loss
             (its `guided_attention_layers`) added to the cross-entropy; 0 = off.
+        decoder_bpe_merges: the speech decoder reads the answer's tokens split again with
+            only the first N merges of the LLM's BPE (`FinerTokenSplitter`): shorter
+            pieces of the same vocabulary, embedded by the same table. The prefix (the
+            LLM's hidden states) stays one vector per LLM token. None = the LLM's tokens.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class SpeechOutputModel(AbsESPnetModel):
         llm: FrozenLLM,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         guided_attention_weight: float = 0.0,
+        decoder_bpe_merges: Optional[int] = None,
     ):
         super().__init__()
         if guided_attention_weight > 0 and not speech_decoder.guided_attention_layers:
@@ -56,6 +62,8 @@ class SpeechOutputModel(AbsESPnetModel):
             )
         self.speech_decoder = speech_decoder
         hold_frozen_llm(self, llm)
+        self.token_splitter = (FinerTokenSplitter(llm.tokenizer, decoder_bpe_merges)
+                               if decoder_bpe_merges is not None else None)
         self.template = ChatTemplate(llm.tokenizer, system_prompt=system_prompt)
 
     # ------------------------------------------------------------------ frozen LLM inputs
@@ -65,6 +73,22 @@ class SpeechOutputModel(AbsESPnetModel):
         self._check_ids(text, text_lengths, self.llm.vocab_size, "text token", "LLM vocabulary")
         ids = text.clamp(min=0)  # padding positions are masked downstream
         return self.llm.embed_tokens(ids).to(self.speech_decoder.embedding.weight.dtype)
+
+    def decoder_text_ids(
+        self, text: torch.Tensor, text_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The answer's token ids (B, N), padded with -1 -> the ids the speech decoder reads:
+        the same, or with `decoder_bpe_merges` each token split into finer pieces."""
+        if self.token_splitter is None:
+            return text, text_lengths
+        rows = [self.token_splitter.split(text[b, : int(n)].tolist())
+                for b, n in enumerate(text_lengths)]
+        lengths = torch.tensor([len(r) for r in rows], dtype=text_lengths.dtype,
+                               device=text.device)
+        out = torch.full((len(rows), int(lengths.max())), -1, dtype=torch.long, device=text.device)
+        for b, row in enumerate(rows):
+            out[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=text.device)
+        return out, lengths
 
     @torch.no_grad()
     def answer_hidden_states(
@@ -128,14 +152,16 @@ class SpeechOutputModel(AbsESPnetModel):
         )
         self._check_ids(text, text_lengths, self.llm.vocab_size, "text token", "LLM vocabulary", utt_id)
 
-        text_embeds = self.embed_text(text, text_lengths)
+        decoder_text, decoder_text_lengths = self.decoder_text_ids(text, text_lengths)
+        text_embeds = self.embed_text(decoder_text, decoder_text_lengths)
         prefix = prefix_lengths = None
         if self.speech_decoder.use_prefix:
             prefix, prefix_lengths = self.answer_hidden_states(
                 text, text_lengths, question, question_lengths
             )
         logits, target, guide_loss = self.speech_decoder(
-            text_embeds, text_lengths, codec_tokens, codec_tokens_lengths, prefix, prefix_lengths,
+            text_embeds, decoder_text_lengths, codec_tokens, codec_tokens_lengths,
+            prefix, prefix_lengths,
             return_guided_attention_loss=True,  # zero, and free, without guided layers
         )
         pad = self.speech_decoder.pad_id
