@@ -231,9 +231,9 @@ class SpeechSynthesizer:
         """(text_embeds (1, N, H), prefix (1, N, H) or None) for a segment's tokens."""
         if self.llm is None:
             raise ValueError("SpeechSynthesizer needs the frozen LLM to embed token ids")
-        # On the LLM's own device: FrozenLLM follows its inputs, and must not be moved here.
         if self.token_splitter is not None:
             token_ids = self.token_splitter.split(token_ids)
+        # On the LLM's own device: FrozenLLM follows its inputs, and must not be moved here.
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.llm.device)
         with torch.no_grad():
             text_embeds = self.llm.embed_tokens(ids)
