@@ -122,6 +122,15 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def padded(rows):
+    """Id sequences -> (B, max len) padded with -1, and their lengths, as the collator gives."""
+    lens = torch.tensor([len(r) for r in rows])
+    out = torch.full((len(rows), int(lens.max())), -1, dtype=torch.long)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out, lens
+
+
 def test_stage2_then_stage3(workdir, monkeypatch):
     built = capture_models(monkeypatch)
     reference_llm = llm_snapshot(FrozenLLM(workdir / "llm"))
@@ -195,13 +204,8 @@ def test_stage3_prefix_is_the_answer_hidden_states(workdir):
     model = SpeechOutputTask.build_model(args)
     pre = SpeechOutputTask.build_preprocess_fn(args, train=True)
     items = [pre(f"u{i}", {"text": ANSWERS[i], "question": QUESTIONS[i]}) for i in (0, 1)]
-    lens = torch.tensor([len(x["text"]) for x in items])
-    qlens = torch.tensor([len(x["question"]) for x in items])
-    text = torch.full((2, int(lens.max())), -1, dtype=torch.long)
-    question = torch.full((2, int(qlens.max())), -1, dtype=torch.long)
-    for b, x in enumerate(items):
-        text[b, : lens[b]] = torch.from_numpy(x["text"])
-        question[b, : qlens[b]] = torch.from_numpy(x["question"])
+    text, lens = padded([x["text"] for x in items])
+    question, qlens = padded([x["question"] for x in items])
     hidden, hlens = model.answer_hidden_states(text, lens, question, qlens)
     assert hidden.shape == (2, int(lens.max()), model.llm.hidden_size) and torch.equal(hlens, lens)
     # Same thing for utterance 1 alone, the way a streaming dialogue would see it.
@@ -290,23 +294,15 @@ def test_decoder_bpe_merges_splits_only_what_the_decoder_reads(workdir):
     model = SpeechOutputTask.build_model(args).eval()
     pre = SpeechOutputTask.build_preprocess_fn(args, train=False)
     items = [pre(f"u{i}", {"text": ANSWERS[i], "question": QUESTIONS[i]}) for i in (1, 3)]
-    lens = torch.tensor([len(x["text"]) for x in items])
-    qlens = torch.tensor([len(x["question"]) for x in items])
-    text = torch.full((2, int(lens.max())), -1, dtype=torch.long)
-    question = torch.full((2, int(qlens.max())), -1, dtype=torch.long)
-    for b, x in enumerate(items):
-        text[b, : lens[b]] = torch.from_numpy(x["text"])
-        question[b, : qlens[b]] = torch.from_numpy(x["question"])
+    text, lens = padded([x["text"] for x in items])
+    question, qlens = padded([x["question"] for x in items])
     codec = torch.randint(0, VOCAB, (2, 15))
     clens = torch.tensor([15, 11])
     loss, stats, _ = model(text, lens, codec, clens, question, qlens)
 
     finer = [model.token_splitter.split(text[b, : lens[b]].tolist()) for b in range(2)]
-    flens = torch.tensor([len(f) for f in finer])
+    ftext, flens = padded(finer)
     assert bool((flens > lens).all()), (flens, lens)
-    ftext = torch.full((2, int(flens.max())), -1, dtype=torch.long)
-    for b, f in enumerate(finer):
-        ftext[b, : len(f)] = torch.tensor(f)
     prefix, plens = model.answer_hidden_states(text, lens, question, qlens)
     assert torch.equal(plens, lens)  # one hidden state per LLM token, as before
     logits, target = model.speech_decoder(model.embed_text(ftext, flens), flens, codec, clens,
