@@ -36,18 +36,18 @@ class ConvAdapter(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self._output_size = llm_embed_dim
-        self.conv1d2 = nn.Conv1d(enc_out_dim, 2 * enc_out_dim, kernel_size, stride)
+        hidden = 2 * enc_out_dim
+        self.conv1d2 = nn.Conv1d(enc_out_dim, hidden, kernel_size, stride)
         # eps 1e-3 as in the release, so imported weights behave the same.
-        self.bn2 = nn.LayerNorm(2 * enc_out_dim, eps=1e-3)
+        self.bn2 = nn.LayerNorm(hidden, eps=1e-3)
         self.relu2 = nn.GELU()
         # Not in the release: more causal convs (stride 1, residual) after the first, so the
         # adapter sees more than 200 ms of encoder frames when it hands a word to the LLM.
-        hidden = 2 * enc_out_dim
         self.more_convs = nn.ModuleList(nn.Conv1d(hidden, hidden, kernel_size)
                                         for _ in range(num_layers - 1))
         self.more_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=1e-3)
                                         for _ in range(num_layers - 1))
-        self.project = nn.Linear(2 * enc_out_dim, llm_embed_dim)
+        self.project = nn.Linear(hidden, llm_embed_dim)
 
     def output_size(self) -> int:
         return self._output_size

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from espnet2.legacy.nets.pytorch_backend.nets_utils import pad_list
 
 from espnet_freeze_omni.bin.speech_output_train import main
 from espnet_freeze_omni.llm.chat_template import ChatTemplate
@@ -125,10 +126,7 @@ def assert_bitwise_equal(a, b):
 def padded(rows):
     """Id sequences -> (B, max len) padded with -1, and their lengths, as the collator gives."""
     lens = torch.tensor([len(r) for r in rows])
-    out = torch.full((len(rows), int(lens.max())), -1, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out, lens
+    return pad_list([torch.as_tensor(r, dtype=torch.long) for r in rows], -1), lens
 
 
 def test_stage2_then_stage3(workdir, monkeypatch):

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from espnet2.legacy.nets.pytorch_backend.nets_utils import pad_list
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
@@ -85,9 +86,7 @@ class SpeechOutputModel(AbsESPnetModel):
                 for b, n in enumerate(text_lengths)]
         lengths = torch.tensor([len(r) for r in rows], dtype=text_lengths.dtype,
                                device=text.device)
-        out = torch.full((len(rows), int(lengths.max())), -1, dtype=torch.long, device=text.device)
-        for b, row in enumerate(rows):
-            out[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=text.device)
+        out = pad_list([torch.tensor(r, dtype=torch.long, device=text.device) for r in rows], -1)
         return out, lengths
 
     @torch.no_grad()
