@@ -21,6 +21,7 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "silero-vad",
     ],
     extras_require={"test": ["pytest"]},
 )

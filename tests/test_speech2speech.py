@@ -214,7 +214,7 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
     out = tmp_path / "out"
     speech2speech_inference.main(bin_cmd(work, out, "--key_file", str(key_file),
                                          "--qa_refs", str(work["data"] / "qa_refs.jsonl"),
-                                         "--batch_size", "1"))
+                                         "--batch_size", "1", "--history_mode", "own"))
     tables = {}
     for name in ("asr_ctc/text", "asr_llm/text", "text_in/text", "speech_in/text",
                  "turn/turn_info"):
@@ -234,8 +234,9 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
         assert info.samplerate == 24000 and info.frames > 0
         assert tables["speech_out/text"][utt] == tables["speech_in/text"][utt]
 
-    # histories hold the LLM's own earlier answers: text-in ones for text in (questions from
-    # the QA references first, then the data dir's text), speech-in ones for speech in
+    # own: histories hold the LLM's own earlier answers: text-in ones for text in (questions
+    # from the QA references first, then the data dir's text), speech-in ones for speech in
+    # (the session mode's histories: tests/test_duplex_session.py)
     q1, q2, q3 = "what colour is the sky", "where does anna live", "how old is tom"
     t1 = s2s.answer_text(q1).text
     t2 = s2s.answer_text(q2, [{"role": "user", "content": q1},

@@ -90,8 +90,20 @@ def get_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("Decoding")
     group.add_argument("--outputs", nargs="+", default=list(OUTPUTS), choices=OUTPUTS,
                        help="what to produce (ASR-only test sets: asr_ctc asr_llm)")
-    group.add_argument("--history_mode", default="own", choices=("own", "none"),
-                       help="multi-turn history: the LLM's own earlier answers, or none")
+    group.add_argument("--history_mode", default="session", choices=("session", "own", "none"),
+                       help="multi-turn history of the spoken turns: session (each dialog "
+                            "through one DuplexSession: the K/V of the earlier audio turns and "
+                            "the model's own answers, the state head taking the turns), own "
+                            "(the question TEXTS of earlier turns with the model's own answers, "
+                            "every turn answered), none")
+    group.add_argument("--session_conf", action=NestedDictAction, default=dict(),
+                       help="history_mode session: DuplexSession options (vad=true, "
+                            "turn_detection=state_head, vad_min_silence_s=..., ...)")
+    group.add_argument("--turn_silence", type=float, default=1.0,
+                       help="history_mode session: seconds of silence fed after each turn")
+    group.add_argument("--commit_undecided", type=str2bool, default=True,
+                       help="history_mode session: answer a turn the state head left "
+                            "undecided (its turn_info still says never decided)")
     group.add_argument("--speak_ignored", type=str2bool, default=False,
                        help="voice the answers to turns the state head ignores (side talk) "
                             "too; by default they get no speech_out line or wav")
@@ -177,8 +189,15 @@ class TestSetDecoder:
     """Everything stage 15 writes for one data dir, utterance by utterance."""
 
     def __init__(self, s2s, wavs: Dict[str, str], questions: Questions, history_mode: str,
-                 batch_size: int, speak_ignored: bool = False):
+                 batch_size: int, speak_ignored: bool = False,
+                 session_conf: Optional[Dict] = None, turn_silence: float = 1.0,
+                 commit_undecided: bool = True):
         self.s2s = s2s
+        self.session_conf = dict(session_conf or {})
+        self.turn_silence = turn_silence
+        self.commit_undecided = commit_undecided
+        self.committed: List[str] = []  # turns the state head left undecided, committed
+        self._dialog = None  # (dialog id, session, turns run, {utt: TurnResult})
         self.speak_ignored = speak_ignored
         self.silent: List[str] = []  # turns not voiced: the state head ignored them
         self.wavs = wavs
@@ -239,6 +258,53 @@ class TestSetDecoder:
                         {"role": "assistant", "content": self._speech_answers[earlier]}]
         return history or None
 
+    # -- session: each dialog through one DuplexSession, the state head taking the turns
+    def session_turn(self, utt: str):
+        """The TurnResult of `utt` in its dialog's session; the dialog's earlier turns (in
+        wav.scp) are run first. One dialog's session is kept at a time."""
+        from espnet_freeze_omni.inference.duplex_runner import run_turn
+
+        dialog = dialog_turn(utt)[0]
+        chain = earlier_turns(utt, self.all_utts) + [utt]
+        if self._dialog is None or self._dialog[0] != dialog \
+                or self._dialog[2] != chain[:len(self._dialog[2])]:
+            self._dialog = (dialog, self.s2s.session(**self.session_conf), [], {})
+        _, session, done, results = self._dialog
+        for u in chain[len(done):]:
+            self.s2s.reseed(u)  # the same audio whatever else the job decoded
+            results[u] = run_turn(session, self.load(u), silence_seconds=self.turn_silence,
+                                  commit_undecided=self.commit_undecided)
+            done.append(u)
+            if results[u].committed:
+                self.committed.append(u)
+        return results[utt]
+
+    def decode_in_session(self, utt: str, outputs: List[str], files: Dict[str, object],
+                          wav_dir: Path) -> None:
+        import soundfile
+
+        from espnet_freeze_omni.codec.abs_codec import resample
+
+        s2s = self.s2s
+        result = self.session_turn(utt)
+        if "speech_in" in outputs:
+            files["speech_in"].write(kaldi_line(utt, result.answer_text))
+        if "speech_out" in outputs and len(result.pcm):
+            pcm = result.pcm
+            soundfile.write(wav_dir / f"{utt}.wav", np.clip(pcm, -1.0, 1.0),
+                            s2s.sample_rate, subtype="PCM_16")
+            files["speech_out"].write(kaldi_line(utt, result.answer_text))
+            heard = ""
+            if len(pcm) >= MIN_ASR_SECONDS * s2s.sample_rate:
+                heard = s2s.ctc_transcribe(resample(pcm, s2s.sample_rate,
+                                                    s2s.input_sample_rate))
+            files["speech_out_asr"].write(kaldi_line(utt, heard))
+        elif "speech_out" in outputs:
+            self.silent.append(utt)
+        if "turn" in outputs:
+            when = result.decision_time if result.decision_time is not None else -1.0
+            files["turn"].write(f"{utt} {result.decision} {when:.3f}\n")
+
     def speech_answer(self, utt: str, wav: np.ndarray, history):
         answer = self.s2s.answer(wav, history)
         self._speech_answers[utt] = answer.text
@@ -252,6 +318,17 @@ class TestSetDecoder:
         from espnet_freeze_omni.models.speech_input import STATE_IGNORE
 
         s2s = self.s2s
+        if self.history_mode == "session":
+            asr = [o for o in outputs if o in ("asr_ctc", "asr_llm")]
+            if asr:
+                wav = self.load(utt)
+                if "asr_ctc" in asr:
+                    files["asr_ctc"].write(kaldi_line(utt, s2s.ctc_transcribe(wav)))
+                if "asr_llm" in asr:
+                    files["asr_llm"].write(kaldi_line(utt, s2s.llm_transcribe(wav)))
+            if {"speech_in", "speech_out", "turn"} & set(outputs):
+                self.decode_in_session(utt, outputs, files, wav_dir)
+            return
         wav = self.load(utt)
         needs_history = {"speech_in", "speech_out", "turn"} & set(outputs)
         history = self.speech_history(utt) if needs_history else None
@@ -323,7 +400,9 @@ def decode(args: argparse.Namespace) -> Path:
                          min_segment_tokens=args.min_segment_tokens,
                          long_segment_tokens=args.long_segment_tokens))
     decoder = TestSetDecoder(s2s, wavs, questions, args.history_mode, args.batch_size,
-                             speak_ignored=args.speak_ignored)
+                             speak_ignored=args.speak_ignored, session_conf=args.session_conf,
+                             turn_silence=args.turn_silence,
+                             commit_undecided=args.commit_undecided)
 
     out_dir = Path(args.output_dir)
     paths = {o: out_dir / o / "text" for o in outputs if o != "turn"}
@@ -357,6 +436,9 @@ def decode(args: argparse.Namespace) -> Path:
     finally:
         for f in files.values():
             f.close()
+    if decoder.committed:
+        logging.info("session: %d turn(s) left undecided by the state head were committed: %s",
+                     len(decoder.committed), " ".join(decoder.committed))
     if decoder.silent:
         logging.info("speech_out: %d turn(s) ignored by the state head, not voiced: %s",
                      len(decoder.silent), " ".join(decoder.silent))

@@ -19,6 +19,8 @@ streaming state head (`listen`).
     answer = s2s.answer(wav, history)     # text, token_ids, hidden_states (one row per token)
     for pcm in s2s.stream_reply(wav):     # packets while the LLM is still generating
         play(pcm)
+    session = s2s.session(system_role="...")  # live, duplex: feed audio as it arrives
+    for event in session.feed(pcm): ...
 """
 from __future__ import annotations
 
@@ -436,6 +438,14 @@ class Speech2Speech:
         the first segment is voiced as soon as its last token is out (SPEC §3)."""
         for _, pcm in self.stream_segments(self.answer_steps(wav, history)):
             yield pcm
+
+    # ------------------------------------------------------------------ live dialogue
+    def session(self, system_role: Optional[str] = None, **options):
+        """A DuplexSession: audio in as it arrives, turn-taking by the state head, barge-in,
+        streamed speech out (inference/duplex_session.py; SessionOptions lists `options`)."""
+        from espnet_freeze_omni.inference.duplex_session import DuplexSession
+
+        return DuplexSession(self, system_role=system_role, **options)
 
     # ------------------------------------------------------------------ whole turn
     def __call__(self, wav: np.ndarray, history: History = None,

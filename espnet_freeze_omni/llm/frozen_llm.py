@@ -244,6 +244,23 @@ class FrozenLLM(torch.nn.Module):
         """Number of positions held in a K/V cache (0 for None)."""
         return 0 if past_key_values is None else int(past_key_values.get_seq_length())
 
+    @staticmethod
+    def fork_cache(past_key_values, length: Optional[int] = None):
+        """An independent copy of a K/V cache holding its first `length` positions (all by
+        default): a dialogue listens to a new turn on a fork while the history it came
+        from stays usable (the turn may turn out to be side talk)."""
+        import copy
+
+        fork = copy.deepcopy(past_key_values)
+        total = FrozenLLM.cache_length(fork)
+        if length is not None:
+            if not 0 <= length <= total:
+                raise ValueError(f"cannot fork {length} positions of a cache holding {total}")
+            if length < total:
+                # transformers 5 crops by a negative count of positions to remove
+                fork.crop(length - total)
+        return fork
+
     def extra_repr(self) -> str:
         return f"path={self.path!r}, dtype={self.dtype}, frozen=True"
 

@@ -1,0 +1,448 @@
+"""DuplexSession: the live dialogue loop on untrained tiny models.
+
+The models are test_speech2speech's (built through the Tasks, saved as the trainer saves
+them); their state head is untrained, so turn-taking is either manual (`commit()`) or
+scripted (the state head's logits replaced by a schedule on the audio clock). What is
+checked is computation: the session's answers equal the offline ones, the K/V cache holds
+every turn once, barge-in cuts and keeps the voiced part, bad input is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_speech2speech import one_thread, s2s, work  # noqa: F401 (fixtures)
+
+from espnet_freeze_omni.inference.duplex_runner import render_output, run_duplex, speech_spans
+from espnet_freeze_omni.models.speech_input import STATE_IGNORE, STATE_LISTEN, STATE_RESPOND
+
+RATE = 16000
+
+
+def noise(seconds: float, seed: int, scale: float = 0.1) -> np.ndarray:
+    return (np.random.RandomState(seed).randn(int(seconds * RATE)) * scale).astype(np.float32)
+
+
+def feed_in(session, wav, piece: int):
+    events = []
+    for start in range(0, len(wav), piece):
+        events += session.feed(wav[start:start + piece])
+    return events
+
+
+def of(events, kind):
+    return [e for e in events if e.type == kind]
+
+
+def answer_ids(events, answer_id=1):
+    return [e.data["token_id"] for e in events
+            if e.type == "text" and e.data["answer_id"] == answer_id]
+
+
+@pytest.fixture
+def scripted_head(s2s, monkeypatch):
+    """Replace the state head by a schedule: [(start_s, end_s, state)] on the session's
+    audio clock (listen elsewhere), or a function of the session giving the state."""
+    model = s2s.listener.model
+    schedule = []
+    sessions = []
+    make_session = s2s.session
+
+    def logits(hidden):
+        session = sessions[-1]
+        if callable(schedule[0] if schedule else None):
+            state = schedule[0](session)
+        else:
+            state = STATE_LISTEN
+            for lo, hi, s in schedule:
+                if lo <= session.audio_time < hi:
+                    state = s
+        out = torch.full(hidden.shape[:-1] + (3,), -5.0)
+        out[..., state] = 5.0
+        return out
+
+    def tracked(**options):  # sessions made by anyone (the decoder too) follow the script
+        sessions.append(make_session(**options))
+        return sessions[-1]
+
+    monkeypatch.setattr(model, "state_logits", logits)
+    monkeypatch.setattr(s2s, "session", tracked)
+
+    def make(script, **options):
+        schedule[:] = script if isinstance(script, list) else [script]
+        return tracked(**options) if options is not None else None
+    return make
+
+
+# ---------------------------------------------------------------------------- equality
+@pytest.mark.parametrize("piece", [160, 2560, 4001, 12345])
+def test_committed_answer_equals_offline_answer(s2s, work, piece):
+    import soundfile
+
+    wav, _ = soundfile.read(work["data"] / "wav" / "solo.wav", dtype="float32")
+    expected = s2s.answer(wav)
+    session = s2s.session(vad=False, turn_detection="manual")
+    events = feed_in(session, wav, piece)
+    assert not of(events, "turn_ended")  # manual: only commit() ends a turn
+    events += session.commit() + session.flush()
+    assert answer_ids(events) == expected.token_ids
+    done = of(events, "answer_done")
+    assert len(done) == 1 and done[0].data["status"] == "completed"
+    assert done[0].data["text"] == expected.text
+    # the audio is the answer voiced (same tokens, same seed -> same length as speak())
+    audio = np.concatenate([e.pcm for e in of(events, "audio")])
+    assert len(audio) > 0 and len(audio) % s2s.codec.samples_per_token == 0
+
+
+def test_state_probabilities_equal_listen(s2s, work):
+    import soundfile
+
+    wav, _ = soundfile.read(work["data"] / "wav" / "d1-t1.wav", dtype="float32")
+    offline = s2s.listen(wav)
+    session = s2s.session(vad=False, turn_detection="manual")
+    events = feed_in(session, wav, 777) + session.flush()
+    states = [e.data["state"] for e in of(events, "state")]
+    names = {STATE_LISTEN: "listen", STATE_RESPOND: "respond", STATE_IGNORE: "ignore"}
+    # the session reads every whole chunk while streaming (the final partial one is judged
+    # only when a turn is committed)
+    assert states == [names[s] for s in offline.states[:len(states)]]
+    assert len(states) >= len(offline.states) - 1
+
+
+def test_history_is_the_kv_of_each_turn_once(s2s, work):
+    """Two committed turns: the cache holds system + (prompt, audio, suffix, answer, closing)
+    per turn, and turn 2's answer equals an offline prefill of exactly that sequence."""
+    import soundfile
+
+    from espnet_freeze_omni.inference.speech_input_inference import greedy_continue
+
+    wavs = [soundfile.read(work["data"] / "wav" / f"d1-t{i}.wav", dtype="float32")[0]
+            for i in (1, 2)]
+    session = s2s.session(vad=False, turn_detection="manual", barge_in=False)
+    events = feed_in(session, wavs[0], 3000) + session.commit()
+    tick = np.zeros(session.chunk_samples, dtype=np.float32)
+    while session.answer is not None:  # the answer plays out; the tick that ends it opens
+        events += session.feed(tick)   # the next turn, which therefore starts with it
+    wavs[1] = np.concatenate([tick, wavs[1]])
+    events += feed_in(session, wavs[1][len(tick):], 3000) + session.commit()
+    events += session.flush()
+    first, second = answer_ids(events, 1), answer_ids(events, 2)
+
+    model, llm, template = s2s.listener.model, s2s.llm, s2s.template
+    with torch.no_grad():
+        pieces = [llm.embed_tokens(torch.tensor([template.prefix_ids()]))[0]]
+        for k, wav in enumerate(wavs):
+            speech = torch.tensor(wav)[None]
+            audio, _, _, _ = model.audio_embeddings(speech, torch.tensor([speech.size(1)]))
+            pieces += [model.before_audio(1, "cpu")[0], audio[0],
+                       llm.embed_tokens(torch.tensor([template.suffix_ids()]))[0]]
+            if k == 0:
+                closing = template.answer_end_ids() + template.next_turn_ids()
+                pieces.append(llm.embed_tokens(torch.tensor([first + closing]))[0])
+        offline_second = greedy_continue(llm, torch.cat(pieces)[None], session.max_new_tokens)
+    assert first == s2s.answer(wavs[0]).token_ids
+    assert second == offline_second
+    expected_length = sum(p.size(0) for p in pieces) + len(second) + len(closing)
+    assert session.history_length == expected_length
+    assert len(session.turns) == 2
+    assert sum(t.length for t in session.turns) + session.system_embeds.size(0) \
+        == expected_length
+
+
+# ---------------------------------------------------------------------------- turn-taking
+def test_state_head_turns_and_barge_in(s2s, scripted_head):
+    """respond at 1.0 s answers; respond at 2.0 s (while it speaks) interrupts it: the audio
+    stops there, the voiced part stays in the history, the new turn is answered."""
+    session = scripted_head([(1.1, 1.2, STATE_RESPOND), (2.0, 2.1, STATE_RESPOND)],
+                            vad=False, max_new_tokens=40)
+    s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking at 2 s
+    try:
+        events, track = run_duplex(session, noise(4.0, 1))
+    finally:
+        s2s.synthesizer.max_tokens = 30
+    turns = of(events, "turn_ended")
+    assert [round(e.time, 2) for e in turns] == [1.12, 2.08]
+    cut = of(events, "interrupted")
+    assert len(cut) == 1 and cut[0].data["answer_id"] == 1
+    assert cut[0].time == pytest.approx(2.08)
+    # the first answer's audio is heard from its decision until the barge-in, not after
+    spans = speech_spans(events)
+    assert spans[0][2] == 1 and spans[0][0] == pytest.approx(1.12)
+    assert spans[0][1] == pytest.approx(2.08)
+    assert spans[1][2] == 2 and spans[1][0] >= 2.08
+    assert len(track) == 4 * s2s.sample_rate
+    rate = s2s.sample_rate
+    assert np.abs(track[:int(1.12 * rate)]).max() == 0  # silent before the first answer
+    # history: turn 1 keeps the tokens voiced when the barge-in branch opened
+    first_turn = session.turns[0]
+    closing = s2s.template.answer_end_ids() + s2s.template.next_turn_ids()
+    kept = first_turn.assistant_ids[:-len(closing)]
+    assert first_turn.assistant_ids[-len(closing):] == closing
+    assert kept == answer_ids(events, 1)[:len(kept)]
+    assert len(kept) > 0  # its first segment was playing when the user came in
+    assert of(events, "answer_done")[-1].data["answer_id"] == 2
+
+
+def test_side_talk_during_an_answer_does_not_interrupt(s2s, scripted_head):
+    session = scripted_head([(1.1, 1.2, STATE_RESPOND), (1.5, 1.7, STATE_IGNORE)],
+                            vad=False, max_new_tokens=40)
+    events, _ = run_duplex(session, noise(3.0, 2))
+    assert len(of(events, "turn_ended")) == 1
+    assert of(events, "ignored") and not of(events, "interrupted")
+    done = of(events, "answer_done")
+    assert [d.data["status"] for d in done] == ["completed"]
+
+
+def test_results_do_not_depend_on_the_feed_size(s2s, scripted_head):
+    runs = []
+    for piece in (0.01, 0.16, 0.333):
+        session = scripted_head([(1.1, 1.2, STATE_RESPOND), (2.0, 2.1, STATE_RESPOND)],
+                                vad=False, max_new_tokens=20)
+        s2s.reseed("same")
+        events, track = run_duplex(session, noise(3.0, 3), feed_seconds=piece)
+        runs.append(([(e.type, round(e.time, 3)) for e in events if e.type != "state"],
+                     track))
+    for events, track in runs[1:]:
+        assert events == runs[0][0]
+        np.testing.assert_array_equal(track, runs[0][1])
+
+
+def test_measured_clock_adds_compute_time(s2s, scripted_head):
+    session = scripted_head([(1.1, 1.2, STATE_RESPOND)], vad=False, clock="measured")
+    events, track = run_duplex(session, noise(2.5, 4))
+    done = of(events, "answer_done")[0]
+    timings = done.data["timings"]
+    assert timings["first_token"] > 0 and timings["first_pcm"] >= timings["first_token"]
+    assert done.data["compute"]["llm"] > 0
+    first_audio = of(events, "audio")[0]
+    assert first_audio.data["play_at"] > 1.12  # compute delays the first sound
+    assert len(track) == int(2.5 * s2s.sample_rate)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_input_is_refused_with_a_message(s2s):
+    session = s2s.session(vad=False, turn_detection="manual")
+    bad = noise(0.5, 5)
+    bad[100] = np.nan
+    with pytest.raises(ValueError, match="sample 100 .*NaN or inf"):
+        session.feed(bad)
+    with pytest.raises(ValueError, match="mono"):
+        session.feed(np.zeros((800, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="float or int16"):
+        session.feed(np.zeros(800, dtype=np.int32))
+    with pytest.raises(ValueError, match="no user audio"):
+        session.commit()
+    # nothing of the refused pieces was used: the session goes on as new
+    events = session.feed((noise(0.5, 6) * 32767).astype(np.int16)) + session.commit()
+    assert len(of(events, "turn_ended")) == 1
+    session.flush()
+    with pytest.raises(RuntimeError, match="after flush"):
+        session.feed(np.zeros(160, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="already"):
+        session.flush()
+    with pytest.raises(ValueError, match="turn_detection"):
+        s2s.session(turn_detection="sometimes")
+    with pytest.raises(ValueError, match="max_context_tokens"):
+        s2s.session(vad=False, max_context_tokens=50)
+
+
+def test_silence_and_a_long_monologue_stay_bounded(s2s, scripted_head):
+    """60 s of speech-like noise that the head never judges finished: the turn's cache is
+    bounded by max_turn_seconds, no answer comes."""
+    session = scripted_head([], vad=False, max_turn_seconds=5.0)
+    events = feed_in(session, noise(60.0, 7), 8000) + session.flush()
+    assert not of(events, "turn_ended")
+    branch = session.listening
+    assert branch.num_audio <= session.max_turn_positions
+    assert session.stats["turns_trimmed"] >= 1
+    limit = session.system_embeds.size(0) + session.model.prompt_embeddings.num_embeddings \
+        + session.max_turn_positions
+    assert s2s.llm.cache_length(branch.cache) <= limit
+    silent = s2s.session(vad=False, turn_detection="manual")
+    events = feed_in(silent, np.zeros(3 * RATE, dtype=np.float32), 1600) + silent.flush()
+    assert not of(events, "text")
+
+
+def test_context_limit_drops_the_oldest_turns(s2s, work):
+    import soundfile
+
+    wav, _ = soundfile.read(work["data"] / "wav" / "solo.wav", dtype="float32")
+    probe = s2s.session(vad=False, turn_detection="manual", max_turn_seconds=1.0)
+    limit = probe.system_embeds.size(0) + 2 * probe._turn_budget + 5
+    session = s2s.session(vad=False, turn_detection="manual", max_turn_seconds=1.0,
+                          max_context_tokens=limit)
+    for _ in range(4):
+        feed_in(session, wav[:RATE], 4000)
+        session.commit()
+    session.flush()
+    assert session.stats["turns_dropped"] >= 1
+    assert session.history_length <= limit
+
+
+# ---------------------------------------------------------------------------- the CLI
+@pytest.fixture(scope="module")
+def packed(work, tmp_path_factory):
+    from test_speech2speech import pack
+
+    zip_path = tmp_path_factory.mktemp("packed") / "model.zip"
+    pack(work, zip_path, ["--codec_dir", str(work["codec"])])
+    return zip_path
+
+
+def test_cli_multi_turn_and_duplex(work, packed, tmp_path):
+    import json
+
+    import soundfile
+
+    from espnet_freeze_omni.bin import speech2speech
+
+    # a stereo 44.1 kHz turn is converted; a 16 kHz mono one is taken as it is
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.stack([noise(1.2, 8), noise(1.2, 9)], axis=1)[::1], 44100)
+    common = ["--model_file", str(packed), "--llm_path", str(work["llm"]),
+              "--cachedir", str(tmp_path / "cache"), "--max_new_tokens", "8", "--vad", "false"]
+    out = tmp_path / "turns"
+    speech2speech.main(common + ["--wav", str(stereo), "--wav",
+                                 str(work["data"] / "wav" / "solo.wav"),
+                                 "--output_dir", str(out), "--turn_detection", "manual"])
+    answers = (out / "answers.txt").read_text().splitlines()
+    assert [a.split(" ", 1)[0] for a in answers] == ["1", "2"]
+    assert all(len(a.split(" ", 1)) == 2 for a in answers)  # manual turns: committed, answered
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events].count("turn_ended") == 2
+    for n in (1, 2):
+        pcm, rate = soundfile.read(out / f"turn{n}.wav")
+        assert rate == 24000 and len(pcm) > 0
+
+    duplex_in = tmp_path / "input.wav"
+    soundfile.write(duplex_in, noise(3.3, 10), 16000)
+    duplex_out = tmp_path / "out" / "output.wav"
+    speech2speech.main(common + ["--duplex_input", str(duplex_in),
+                                 "--duplex_output", str(duplex_out)])
+    pcm, rate = soundfile.read(duplex_out)
+    assert rate == 24000 and len(pcm) == int(3.3 * 24000)
+    assert (tmp_path / "out" / "output.events.jsonl").is_file()
+
+    with pytest.raises(SystemExit, match="not found"):
+        speech2speech.main(common + ["--wav", str(tmp_path / "missing.wav"),
+                                     "--output_dir", str(out)])
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav at all")
+    with pytest.raises(RuntimeError, match="bad.wav"):
+        speech2speech.main(common + ["--wav", str(bad), "--output_dir", str(out)])
+
+
+# ---------------------------------------------------------------------------- VAD
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    import soundfile
+
+    from espnet_freeze_omni.data.espeak import synthesize
+
+    root = tmp_path_factory.mktemp("duplex_vad")
+    first = soundfile.read(synthesize("what color is the sky over paris", root / "a.wav"),
+                           dtype="float32")[0]
+    second = soundfile.read(synthesize("and where does anna live", root / "b.wav"),
+                            dtype="float32")[0]
+    return first, second
+
+
+def test_vad_gates_the_llm_and_replays_the_speech_start(s2s, spoken):
+    first, _ = spoken
+    wav = np.concatenate([np.zeros(RATE), first, np.zeros(int(1.5 * RATE))]).astype(np.float32)
+    session = s2s.session(vad=True, turn_detection="vad", vad_replay_s=0.48)
+    events, _ = run_duplex(session, wav)
+    started, stopped = of(events, "speech_started"), of(events, "speech_stopped")
+    assert len(started) == 1 and len(stopped) == 1
+    assert 0.8 < started[0].data["at"] < 1.2
+    # nothing is listened to before the speech starts, and the replay comes first
+    states = of(events, "state")
+    assert states and states[0].audio_time >= started[0].audio_time
+    ended = of(events, "turn_ended")
+    assert len(ended) == 1 and ended[0].time >= stopped[0].time
+    speech_and_replay = stopped[0].data["at"] - started[0].data["at"] + 0.48
+    assert ended[0].data["heard_seconds"] >= speech_and_replay - 0.2
+    ticks = int(np.ceil(len(wav) / session.chunk_samples))
+    assert session.stats["ticks_heard"] < ticks - 6  # the silences were not fed
+    assert of(events, "answer_done")
+
+
+def test_a_pause_inside_a_turn_continues_the_same_turn(s2s, spoken, scripted_head):
+    """speech, a 1.2 s pause (the VAD stops and starts again), more speech: one branch hears
+    it all (the pause replayed up to vad_replay_s), a scripted head answers at the end."""
+    first, second = spoken
+    pause = np.zeros(int(1.2 * RATE), dtype=np.float32)
+    wav = np.concatenate([np.zeros(RATE), first, pause, second,
+                          np.zeros(int(1.5 * RATE))]).astype(np.float32)
+    loud = np.flatnonzero(np.abs(wav) > 0.02 * np.abs(wav).max())
+    end_of_speech = (loud[-1] + 1) / RATE
+    session = scripted_head([(end_of_speech + 0.1, end_of_speech + 0.3, STATE_RESPOND)],
+                            vad=True, vad_replay_s=0.96)
+    events, _ = run_duplex(session, wav)
+    assert len(of(events, "speech_started")) == 2
+    ended = of(events, "turn_ended")
+    assert len(ended) == 1
+    assert ended[0].data["opened_at"] < 1.5  # the turn opened at the first speech start
+    spoken_span = ended[0].time - ended[0].data["opened_at"]
+    assert ended[0].data["heard_seconds"] == pytest.approx(spoken_span + 0.96, abs=0.35)
+    assert len(session.turns) == 1
+
+
+# ---------------------------------------------------------------------------- decoding
+def test_recipe_decoding_runs_each_dialog_through_one_session(s2s, work, scripted_head):
+    """Stage 15 (history_mode session): turn N of a dialog is answered from the K/V of the
+    dialog's earlier audio turns and the model's own answers, the state head taking turns;
+    the same as running the dialog through a session by hand."""
+    import io
+
+    import soundfile
+
+    from espnet_freeze_omni.bin.speech2speech_inference import Questions, TestSetDecoder
+    from espnet_freeze_omni.inference.duplex_runner import run_turn
+
+    def heard_enough(session):  # a new turn (not a barge-in) ends after 0.8 s
+        branch = session.listening
+        done = branch.fork_voiced is None and branch.fed_samples >= 0.8 * RATE
+        return STATE_RESPOND if done else STATE_LISTEN
+
+    scripted_head(heard_enough)
+    wavs = {u: str(work["data"] / "wav" / f"{u}.wav") for u in ("d1-t1", "d1-t2", "d1-t3")}
+    decoder = TestSetDecoder(s2s, wavs, Questions(None, work["data"]), "session", 1,
+                             session_conf=dict(vad=False))
+    files = {n: io.StringIO() for n in ("speech_in", "speech_out", "speech_out_asr", "turn")}
+    wav_dir = work["root"] / "session_wavs"
+    wav_dir.mkdir(exist_ok=True)
+    for utt in ("d1-t2", "d1-t3"):  # d1-t1 is run as the history of d1-t2
+        decoder.decode_utterance(utt, ["speech_in", "speech_out", "turn"], files, wav_dir)
+
+    session = s2s.session(vad=False)
+    by_hand = {}
+    for utt in wavs:
+        s2s.reseed(utt)
+        by_hand[utt] = run_turn(session, soundfile.read(wavs[utt], dtype="float32")[0])
+    lines = dict(line.split(" ", 1) for line in files["speech_in"].getvalue().splitlines())
+    assert sorted(lines) == ["d1-t2", "d1-t3"]
+    for utt in ("d1-t2", "d1-t3"):
+        assert lines[utt] == " ".join(by_hand[utt].answer_text.split())
+        assert by_hand[utt].decision == STATE_RESPOND and not by_hand[utt].committed
+        np.testing.assert_array_equal(
+            soundfile.read(wav_dir / f"{utt}.wav", dtype="float32")[0],
+            soundfile.read(io.BytesIO(_wav_bytes(by_hand[utt].pcm)), dtype="float32")[0])
+    turn_lines = files["turn"].getvalue().splitlines()
+    assert [t.split()[:2] for t in turn_lines] == [["d1-t2", "1"], ["d1-t3", "1"]]
+    # seconds after the turn's start (a branch opened while the answer before it played may
+    # have heard some of that silence already)
+    assert all(0.0 < float(t.split()[2]) <= 1.3 for t in turn_lines)
+    # the K/V kept the earlier turns (the script may also answer a silence between turns)
+    assert len(session.turns) >= 3
+
+
+def _wav_bytes(pcm):
+    import io
+
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(pcm, -1, 1), 24000, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
