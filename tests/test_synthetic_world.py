@@ -1,4 +1,5 @@
 """The embedded corpus generator: deterministic, test data held out by text, spoken dirs."""
+import dataclasses
 import json
 
 import soundfile
@@ -183,3 +184,37 @@ def test_spoken_data_dirs(tmp_path):
             assert 0.3 < end <= duration - u.trailing_silence + 0.02
     refs = [json.loads(l) for l in (tmp_path / "local/world/qa_test_refs.jsonl").open()]
     assert {r["id"] for r in refs} <= set(dd.read_kaldi_map(tmp_path / "qa_test" / "text"))
+
+
+def test_paused_questions_change_nothing_else_and_hold_a_real_pause(tmp_path):
+    """num_paused_qa_train questions of qa_train get a 0.5-2 s pause inside; the rest of the
+    corpus is the same; the wav holds that silence and turn_info's speech end comes after it
+    (so the state head's label stays listen through the pause)."""
+    import numpy as np
+
+    paused = generate_corpus(0, SMALL)
+    plain = generate_corpus(0, CorpusSizes(**{**SMALL.__dict__, "num_paused_qa_train": 0}))
+    with_pause = [u for u in paused.spoken["qa_train"] if u.pause]
+    assert len(with_pause) == min(SMALL.num_paused_qa_train, SMALL.num_spoken_qa_train)
+    assert all(0.5 <= u.pause[1] <= 2.0 and 0 < u.pause[0] < len(u.text.split())
+               for u in with_pause)
+    strip = [dataclasses.replace(u, pause=None) for u in paused.spoken["qa_train"]]
+    assert strip == plain.spoken["qa_train"]
+    for k in ("train", "dev", "test", "qa_test", "tts_train"):
+        assert paused.spoken[k] == plain.spoken[k], k
+
+    u = with_pause[0]
+    d = tmp_path / "one"
+    dd.synthesize_turn_datadir([dd.SpokenTurn(u.utt_id, u.text, 1, u.voice_index,
+                                              u.trailing_silence, u.pause)], d, tmp_path / "w")
+    wav, rate = soundfile.read(dd.read_kaldi_map(d / "wav.scp")[u.utt_id], dtype="float32")
+    frames = np.abs(wav[: len(wav) // 160 * 160]).reshape(-1, 160).max(axis=1)
+    silent = frames < 0.01 * frames.max()
+    runs, run = [], 0  # silent stretches (10 ms frames) inside the speech
+    first, last = np.flatnonzero(~silent)[[0, -1]]
+    for s in silent[first:last + 1]:
+        run = run + 1 if s else 0
+        runs.append(run)
+    assert max(runs) * 0.01 >= u.pause[1] - 0.05
+    _, end = dd.read_turn_info(d / "turn_info")[u.utt_id]
+    assert end >= u.pause[1] + 0.2 and end <= len(wav) / rate - u.trailing_silence + 0.02

@@ -674,6 +674,7 @@ class SpokenTurn:
     label: int
     voice_index: int  # picks voice, speed and pitch (espeak.pick_voice)
     trailing_silence: float  # seconds after the speech, so the turn end is learnable
+    pause: Optional[Tuple[int, float]] = None  # (words before it, seconds): see espeak
 
 
 def synthesize_turn_datadir(turns: Sequence[SpokenTurn], data_dir: str | os.PathLike,
@@ -687,7 +688,7 @@ def synthesize_turn_datadir(turns: Sequence[SpokenTurn], data_dir: str | os.Path
         v = pick_voice(t.voice_index)
         speaker = f"{v['voice']}-s{v['speed']}-p{v['pitch']}".replace("+", "_")
         utts.append(SpokenUtterance(t.utt_id, t.text, speaker, trailing_silence=
-                                    t.trailing_silence, **v))
+                                    t.trailing_silence, pause=t.pause, **v))
     data_dir = Path(data_dir)
     synthesize_datadir(utts, data_dir, wav_dir, sample_rate=sample_rate,
                        num_workers=num_workers)

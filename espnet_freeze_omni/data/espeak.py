@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-us+f3", "en+m3", "en-us+klatt")
 
@@ -28,6 +28,9 @@ class SpokenUtterance:
     speed: int = 160  # words per minute (espeak-ng -s)
     pitch: int = 50  # 0-99 (espeak-ng -p)
     trailing_silence: float = 0.0  # seconds of silence appended (turn-end training)
+    # (words before the pause, seconds): a pause inside the turn, which the state head must
+    # learn to sit through (labelled listen, as the turn's speech end comes after it)
+    pause: Optional[Tuple[int, float]] = None
 
 
 def require_tool(name: str) -> str:
@@ -63,11 +66,34 @@ def synthesize(
     pitch: int = 50,
     sample_rate: int = 16000,
     trailing_silence: float = 0.0,
+    pause: Optional[Tuple[int, float]] = None,
 ) -> Path:
-    """Speak `text` into a mono 16-bit wav at `sample_rate` (espeak-ng writes 22050 Hz)."""
-    espeak = require_tool("espeak-ng")
+    """Speak `text` into a mono 16-bit wav at `sample_rate` (espeak-ng writes 22050 Hz).
+
+    `pause` = (k, seconds): the first k words, that much silence, the rest (each part spoken
+    on its own, so the pause is real silence and not espeak-ng's phrasing)."""
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
+    if pause is not None:
+        words = text.split()
+        k, seconds = pause
+        if not 0 < k < len(words):
+            raise ValueError(f"{wav_path}: a pause after word {k} of {text!r} splits nothing")
+        parts = [wav_path.with_name(f"{wav_path.stem}.part{i}.wav") for i in (1, 2)]
+        try:
+            synthesize(" ".join(words[:k]), parts[0], voice, speed, pitch, sample_rate, seconds)
+            synthesize(" ".join(words[k:]), parts[1], voice, speed, pitch, sample_rate,
+                       trailing_silence)
+            proc = subprocess.run([require_tool("sox"), "-R", str(parts[0]), str(parts[1]),
+                                   str(wav_path)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"sox cannot join {parts} into {wav_path}: "
+                                   f"{proc.stderr.strip()[-300:]}")
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+        return wav_path
+    espeak = require_tool("espeak-ng")
     with tempfile.NamedTemporaryFile(suffix=".wav", delete=False) as tmp:
         raw = tmp.name
     try:
@@ -104,7 +130,7 @@ def synthesize_datadir(
 
     def job(u: SpokenUtterance) -> Path:
         return synthesize(u.text, wav_dir / f"{u.utt_id}.wav", u.voice, u.speed, u.pitch,
-                          sample_rate, u.trailing_silence)
+                          sample_rate, u.trailing_silence, u.pause)
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         results = pool.map(job, utts)

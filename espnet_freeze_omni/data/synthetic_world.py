@@ -254,6 +254,9 @@ class CorpusSizes:
     num_tts_train: int = 1500  # assistant answers in the assistant voice (codec, speech output)
     num_tts_dev: int = 100  # their validation set (world answers never in tts_train)
     num_repeat_train: int = 1500  # "Repeat after me: ..." dialogs (LLM training, text)
+    # spoken train questions with a pause of 0.5-2 s inside (labelled listen): the state head
+    # learns that a pause is not the end of a turn
+    num_paused_qa_train: int = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +266,7 @@ class Utterance:
     label: int  # 1 addressed to the assistant, 2 side talk
     voice_index: int
     trailing_silence: float
+    pause: Optional[Tuple[int, float]] = None  # (words before the pause, seconds)
 
 
 def _utterance(rng: random.Random, utt_id: str, text: str, label: int) -> Utterance:
@@ -427,7 +431,8 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
                      for k, turn in enumerate((t for t in d["turns"] if t["role"] == "user"), 1)]
     side_train_utts = [_utterance(rng, f"side_train-{i + 1:05d}", side_train[i % len(side_train)],
                                   2) for i in range(sizes.num_side_talk_train)]
-    spoken["qa_train"] = qa_train_utts[:sizes.num_spoken_qa_train] + side_train_utts
+    spoken["qa_train"] = _with_pauses(qa_train_utts[:sizes.num_spoken_qa_train],
+                                      sizes.num_paused_qa_train, seed) + side_train_utts
     spoken["qa_test"] = [_utterance(rng, r["id"], r["question"], 1) for r in refs] + \
         [_utterance(rng, f"side_test-{i + 1:05d}", t, 2) for i, t in enumerate(side_test)]
 
@@ -438,6 +443,23 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
     unseen = set(asr_dev) | set(asr_test) | set(side_test) | set(turns(qa_test))
     repeat = _repeat_dialogs(asr_train + turns(qa_train), unseen, seed, sizes.num_repeat_train)
     return Corpus(world, qa_train, qa_test, refs, side_train, side_test, spoken, repeat)
+
+
+def _with_pauses(utts: List[Utterance], count: int, seed: int) -> List[Utterance]:
+    """`count` of the utterances (of 3+ words) get a 0.5-2 s pause after a word inside.
+
+    A random stream of its own: the rest of the corpus is the same with or without pauses."""
+    rng = random.Random(seed * 1_000_003 + 7)
+    candidates = [i for i, u in enumerate(utts) if len(u.text.split()) >= 3]
+    chosen = set(rng.sample(candidates, min(count, len(candidates))))
+    out = []
+    for i, u in enumerate(utts):
+        if i in chosen:
+            words = len(u.text.split())
+            u = dataclasses.replace(u, pause=(rng.randint(1, words - 1),
+                                              round(rng.uniform(0.5, 2.0), 2)))
+        out.append(u)
+    return out
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -458,7 +480,8 @@ repeat_train.jsonl    copy dialogs, format of qa_train.jsonl: user "Repeat after
                       dialogs only (never dev/test/qa_test): the small LLM learns to copy, so
                       ASR through the frozen LLM (speech input stage 2) is learnable
 side_talk_{{train,test}}.txt  speech not addressed to the assistant (disjoint by text)
-utterances_<set>.tsv  utt_id, turn label, voice index, trailing silence, text of data/<set>;
+utterances_<set>.tsv  utt_id, turn label, voice index, trailing silence, pause inside the turn
+                      (<words before it>:<seconds>, or -), text of data/<set>;
                       tts_train / tts_dev: assistant answers for the codec and the speech
                       decoder (the qa_test answers held out), all in one assistant voice:
                       {voice}
@@ -488,8 +511,9 @@ def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
     for name, utts in corpus.spoken.items():
         with open(world_dir / f"utterances_{name}.tsv", "w", encoding="utf-8") as f:
             for u in utts:
+                pause = f"{u.pause[0]}:{u.pause[1]:.2f}" if u.pause else "-"
                 f.write(f"{u.utt_id}\t{u.label}\t{u.voice_index}\t{u.trailing_silence:.2f}\t"
-                        f"{u.text}\n")
+                        f"{pause}\t{u.text}\n")
     voice = "espeak-ng -v {voice} -s {speed} -p {pitch}".format(**ASSISTANT_VOICE)
     (world_dir / "README.txt").write_text(WORLD_README.format(seed=corpus.world.seed,
                                                               voice=voice))
@@ -517,8 +541,8 @@ def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusS
             continue
         if not utts:
             continue
-        turns = [SpokenTurn(u.utt_id, u.text, u.label, u.voice_index, u.trailing_silence)
-                 for u in utts]
+        turns = [SpokenTurn(u.utt_id, u.text, u.label, u.voice_index, u.trailing_silence,
+                            u.pause) for u in utts]
         synthesize_turn_datadir(turns, out_dir / name, wav_root / name, sample_rate,
                                 num_workers)
     return corpus

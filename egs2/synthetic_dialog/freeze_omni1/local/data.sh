@@ -16,6 +16,8 @@ num_spoken_qa_train=3000  # train questions also spoken for speech input stage 3
                           # them (600 gave 53 % spoken-QA accuracy, 1500 79 %, 3000 86.5 %: README)
 num_side_talk_train=200   # spoken speech not addressed to the assistant (label 2)
 num_side_talk_test=50
+num_paused_qa_train=600   # spoken train questions with a 0.5-2 s pause inside (labelled listen):
+                          # the state head learns that a pause does not end the turn
 num_people=120
 num_countries=24
 num_tts_train=2500        # assistant answers in the assistant voice (test answers held out;
@@ -34,6 +36,7 @@ python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${see
     --num_qa_train "${num_qa_train}" --num_qa_test "${num_qa_test}" \
     --num_spoken_qa_train "${num_spoken_qa_train}" \
     --num_side_talk_train "${num_side_talk_train}" --num_side_talk_test "${num_side_talk_test}" \
+    --num_paused_qa_train "${num_paused_qa_train}" \
     --num_people "${num_people}" --num_countries "${num_countries}" \
     --num_tts_train "${num_tts_train}" --num_tts_dev "${num_tts_dev}" \
     --num_repeat_train "${num_repeat_train}" ${sets:+--sets "${sets//,/ }"} --nj "${nj}"
