@@ -199,7 +199,7 @@ def test_results_do_not_depend_on_the_feed_size(s2s, scripted_head):
     for piece in (0.01, 0.16, 0.333):
         session = scripted_head([(1.1, 1.2, STATE_RESPOND), (2.0, 2.1, STATE_RESPOND)],
                                 vad=False, max_new_tokens=20)
-        s2s.reseed("same")
+        session.reseed("same")
         events, track = run_duplex(session, noise(3.0, 3), feed_seconds=piece)
         runs.append(([(e.type, round(e.time, 3)) for e in events if e.type != "state"],
                      track))
@@ -419,7 +419,7 @@ def test_recipe_decoding_runs_each_dialog_through_one_session(s2s, work, scripte
     session = s2s.session(vad=False)
     by_hand = {}
     for utt in wavs:
-        s2s.reseed(utt)
+        session.reseed(utt)
         by_hand[utt] = run_turn(session, soundfile.read(wavs[utt], dtype="float32")[0])
     lines = dict(line.split(" ", 1) for line in files["speech_in"].getvalue().splitlines())
     assert sorted(lines) == ["d1-t2", "d1-t3"]

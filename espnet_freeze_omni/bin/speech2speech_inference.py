@@ -271,7 +271,7 @@ class TestSetDecoder:
             self._dialog = (dialog, self.s2s.session(**self.session_conf), [], {})
         _, session, done, results = self._dialog
         for u in chain[len(done):]:
-            self.s2s.reseed(u)  # the same audio whatever else the job decoded
+            session.reseed(u)  # the same audio whatever else the job decoded
             results[u] = run_turn(session, self.load(u), silence_seconds=self.turn_silence,
                                   commit_undecided=self.commit_undecided)
             done.append(u)

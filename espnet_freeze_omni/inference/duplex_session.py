@@ -56,6 +56,7 @@ import collections
 import dataclasses
 import math
 import time
+import zlib
 from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
@@ -326,7 +327,7 @@ class _Answer:
             text_embeds, prefix = synth.segment_inputs(segment.token_ids, segment.hidden_states)
             self._codes = generate_codec_tokens(
                 synth.decoder, text_embeds, prefix, top_k=synth.top_k,
-                max_tokens=synth.max_tokens, generator=synth.generator,
+                max_tokens=synth.max_tokens, generator=session.generator,
                 guidance_scale=synth.guidance_scale)
             self._packets = PacketDecoder(session.s2s.codec, **synth.packet_conf)
             start = sum(len(s["token_ids"]) for s in self.segments)
@@ -515,6 +516,10 @@ class DuplexSession:
         self._in_speech = False
         self._vad_started_here = False  # a speech start not yet answered by a new branch
         self.stats = collections.Counter()
+        # codec-token sampling of this session alone: sessions sharing one model (a server)
+        # neither share a random stream nor depend on each other's order
+        self.generator = torch.Generator()
+        self.reseed("session")
 
     # ------------------------------------------------------------------ helpers
     def _embed(self, ids: List[int]) -> torch.Tensor:
@@ -567,6 +572,22 @@ class DuplexSession:
         return pcm
 
     # ------------------------------------------------------------------ public API
+    def reseed(self, key: str) -> None:
+        """Seed this session's codec-token sampling from the model's seed and `key` (e.g. an
+        utterance id), so what it says does not depend on what was decoded before."""
+        self.generator.manual_seed(self.s2s.seed * 1_000_003 + zlib.crc32(key.encode()))
+
+    @torch.no_grad()
+    def pump(self, budget_seconds: float = 0.02) -> List[SessionEvent]:
+        """Generate the answer in progress for about `budget_seconds` of compute (a server
+        interleaves its sessions' answers this way; `feed` alone generates only as the
+        clock allows, see the module docstring)."""
+        deadline = time.perf_counter() + budget_seconds
+        while self.answer is not None and self.answer.generating \
+                and time.perf_counter() < deadline:
+            self.answer.step()
+        return self._take()
+
     @torch.no_grad()
     def feed(self, pcm) -> List[SessionEvent]:
         """Take input audio (16 kHz mono, any length); return the events it caused."""
