@@ -446,3 +446,18 @@ def _wav_bytes(pcm):
     buf = io.BytesIO()
     soundfile.write(buf, np.clip(pcm, -1, 1), 24000, subtype="PCM_16", format="WAV")
     return buf.getvalue()
+
+
+def test_commit_after_silence_answers_an_undecided_turn(s2s, spoken, scripted_head):
+    first, _ = spoken
+    wav = np.concatenate([np.zeros(RATE), first, np.zeros(3 * RATE)]).astype(np.float32)
+    waiting = scripted_head([], vad=True)  # the head never decides
+    events, _ = run_duplex(waiting, wav)
+    assert not of(events, "turn_ended")
+    fallback = scripted_head([], vad=True, commit_after_silence_s=1.0)
+    events, _ = run_duplex(fallback, wav)
+    stopped, ended = of(events, "speech_stopped"), of(events, "turn_ended")
+    assert len(ended) == 1 and ended[0].data["forced"]
+    assert ended[0].audio_time - stopped[0].data["at"] == pytest.approx(1.0, abs=0.17)
+    with pytest.raises(ValueError, match="commit_after_silence_s"):
+        s2s.session(vad=False, commit_after_silence_s=1.0)

@@ -76,6 +76,9 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--turn_detection", default="state_head",
                        choices=("state_head", "vad", "manual"))
     group.add_argument("--barge_in", type=str2bool, default=True)
+    group.add_argument("--commit_after_silence_s", type=float, default=None,
+                       help="with VAD: answer a turn the state head left undecided this "
+                            "long after the speech stopped (default: never)")
     group.add_argument("--clock", default=None, choices=("audio", "measured"),
                        help="default: audio for --wav, measured for --duplex_input")
     group.add_argument("--max_turn_seconds", type=float, default=30.0)
@@ -116,6 +119,7 @@ def session_options(args) -> dict:
     return dict(system_role=args.system_role, vad=args.vad, vad_threshold=args.vad_threshold,
                 vad_min_silence_s=args.vad_min_silence_s, vad_replay_s=args.vad_replay_s,
                 turn_detection=args.turn_detection, barge_in=args.barge_in,
+                commit_after_silence_s=args.commit_after_silence_s,
                 max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens)
 
 

@@ -115,6 +115,9 @@ class SessionOptions:
     # authors force them to "listen"), none without
     min_turn_chunks: Optional[int] = None
     barge_in: bool = True
+    # with VAD: a turn the state head has left undecided this long after the speech stopped
+    # is answered anyway (a live demo's fallback; None: wait for the state head, the paper)
+    commit_after_silence_s: Optional[float] = None
     clock: str = "audio"
     max_context_tokens: Optional[int] = None  # default: the LLM's positions, at most 8192
     max_turn_seconds: float = 30.0
@@ -132,6 +135,9 @@ class SessionOptions:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
         if self.vad_min_silence_s < 0 or self.vad_replay_s < 0:
             raise ValueError("vad_min_silence_s and vad_replay_s must be >= 0")
+        if self.commit_after_silence_s is not None and (
+                not self.vad or self.commit_after_silence_s < 0):
+            raise ValueError("commit_after_silence_s needs vad=True and a value >= 0")
         if self.max_turn_seconds <= 0:
             raise ValueError(f"max_turn_seconds must be > 0, got {self.max_turn_seconds}")
         return self
@@ -515,6 +521,7 @@ class DuplexSession:
         self._out: List[SessionEvent] = []
         self._in_speech = False
         self._vad_started_here = False  # a speech start not yet answered by a new branch
+        self._silent_since = 0.0  # where the VAD last heard the speech stop (s)
         self.stats = collections.Counter()
         # codec-token sampling of this session alone: sessions sharing one model (a server)
         # neither share a random stream nor depend on each other's order
@@ -672,6 +679,7 @@ class DuplexSession:
             self._listen(samples, final)
         elif len(samples):
             self._unfed.append(samples)
+            self._commit_after_silence()
         if self.options.clock == "audio":
             self._catch_up(None)
 
@@ -684,8 +692,18 @@ class DuplexSession:
             return True
         return self._vad_started_here
 
+    def _commit_after_silence(self) -> None:
+        limit = self.options.commit_after_silence_s
+        branch = self.listening
+        if limit is None or branch is None or branch.num_audio == 0 or self._in_speech:
+            return
+        if self.audio_time - self._silent_since >= limit:
+            self._decide(STATE_RESPOND, forced=True)
+
     def _vad_event(self, ev) -> None:
         when = ev.sample / self.sample_rate
+        if ev.kind == "speech_stopped":
+            self._silent_since = when
         if ev.kind == "speech_started":
             self._in_speech = True
             self._vad_started_here = True
