@@ -4,7 +4,8 @@ A BPE vocabulary holds every merge it ever made: the piece `ĠReestouk` is there
 `ĠRee`, `st` and `ouk`, from which it was merged. The LLM reads and writes only what all
 the merges build, and a BPE fitted on text full of invented names gives most names one or
 two pieces of their own, each heard in a handful of training answers: too few for a small
-speech decoder to learn how it sounds (README, "The LLM's tokenizer"). Re-applying only the first
+speech decoder to learn how it sounds (docs/experiments/2026-11-23-llm-tokenizer-finer-pieces.md).
+Re-applying only the first
 `num_merges` merges to each token's piece splits it again into shorter pieces that many
 words share, without touching the LLM: its answer, its hidden states and its vocabulary
 stay the same, and the finer pieces are embedded by the same table (pieces the LLM never

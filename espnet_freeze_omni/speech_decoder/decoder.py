@@ -133,7 +133,8 @@ class SpeechDecoder(nn.Module):
             states) to unit RMS, the scale of the codec embeddings the same stack reads. No
             weights, so the release's checkpoint layout is unchanged. A small LLM's
             embeddings can be 25x smaller than those, and then the residual stream starts
-            out holding almost nothing of the text (README, "Training the speech decoder").
+            out holding almost nothing of the text
+            (docs/experiments/2026-11-22-speech-decoder-little-data.md).
             Off (as in the release) by default.
         condition_dropout: training only: the share of answers whose text (and prefix)
             the stack is not shown: it then reads BOS alone and learns unconditional speech

@@ -7,14 +7,8 @@
 # through the frozen LLM) relies on it. Sizes from ESPNET.md: hidden 256, 4 layers, BPE 1000;
 # ~4 min on 2 cores. 1000 steps saved 40 s, but that demo answered 97 % of the test questions
 # in text instead of 99.5 %, and 62.5 % spoken (a run that also changed speech-input stage 2).
-# With BPE 1000 most invented names are made of pieces of their own; --vocab_size 500 splits them
-# into syllable pieces that recur hundreds of times. Measured on the demo: spoken-question
-# accuracy 59.0 % (53.0 and 57.5 % in two runs with 1000 whose audio differed only by sox's
-# then random dither: within that spread), but names cost more tokens, and the longer build
-# and decoding took the demo to 30:36, over its 30-minute budget.
-# Later (README, "The LLM's tokenizer: finer pieces, clearer speech"): spoken-answer CER
-# 10.3 % at 600, 12.3 % at 800, 13.9 % at 1000 (seeds 0 and 1); spoken QA 79.5 % at 600,
-# 78.5 % at 800, 86.5 / 81.5 % at 1000 (seeds 0 / 1); wall time 27:18 at 600 against 24:30.
+# The vocabulary size trades spoken-answer CER against spoken QA and wall time: the measured
+# runs are in docs/experiments/2026-11-23-llm-tokenizer-finer-pieces.md.
 set -euo pipefail
 
 out=exp/llm
