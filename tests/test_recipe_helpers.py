@@ -20,7 +20,7 @@ UTILS = TEMPLATE / "utils"
 TINY_CORPUS = ("--num_train 6 --num_dev 2 --num_test 2 --num_qa_train 10 --num_qa_test 2 "
                "--num_spoken_qa_train 2 --num_side_talk_train 1 --num_side_talk_test 1 "
                "--num_people 6 --num_countries 3 --num_tts_train 4 --num_tts_dev 2 "
-               "--num_repeat_train 5")
+               "--num_repeat_train 5 --num_duplex_test 1")
 
 
 def bash(script, cwd, env=None, check=False):
@@ -231,6 +231,15 @@ def test_driver_stages_1_to_4(synthetic_recipe):
             assert (d / "turn_info").is_file() and (d / "utt2num_samples").is_file()
             assert (d / "audio_format").is_file() and (d / ".done").is_file()
     assert len(dd.read_kaldi_map(recipe / "dump/raw16k/train/wav.scp")) == 5
+    # the duplex test set (local/data.sh, one item per scenario): dumped at 16 kHz with its
+    # duplex_info, copied whole like every test set
+    d = recipe / "dump/raw16k/duplex_test"
+    assert dd.validate_data_dir(d, check_audio=True, sample_rate=16000) == []
+    assert (d / "duplex_info").read_text() == (recipe / "data/duplex_test/duplex_info").read_text()
+    assert sorted(dd.read_kaldi_map(d / "duplex_info")) == \
+        ["interruption-0001", "pause-0001", "side_talk-0001", "smooth-0001"]
+    assert "duplex_test is a test set: copied whole" in out
+    assert not (recipe / "dump/raw24k/duplex_test").exists()
     assert not (recipe / "dump/raw24k/train").exists()  # speech output does not train on it
     assert not (recipe / "dump/raw16k/tts_train").exists()  # nor the encoder on TTS speech
     assert len(dd.read_kaldi_map(recipe / "dump/raw24k/tts_train/wav.scp")) == 4
@@ -245,9 +254,9 @@ def test_driver_stages_1_to_4(synthetic_recipe):
 def test_driver_skips_complete_stages(synthetic_recipe):
     recipe, _ = synthetic_recipe
     proc = bash("./run.sh --stage 1 --stop_stage 4", recipe, check=True)
-    assert "Stage 1: data/{train,dev,qa_train,test,qa_test,tts_train,tts_dev} complete" \
-        in proc.stdout
-    assert proc.stdout.count("complete; skipping") == 7 + 7  # 5 + 2 dumps, 5 + 2 filtered
+    assert "Stage 1: data/{train,dev,qa_train,test,qa_test,duplex_test,tts_train,tts_dev} " \
+        "complete" in proc.stdout
+    assert proc.stdout.count("complete; skipping") == 8 + 8  # 6 + 2 dumps, 6 + 2 filtered
 
 
 def test_driver_speed_perturbation(synthetic_recipe):
@@ -330,7 +339,8 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     """One driver call from data prep to the packed model, as `make demo` makes it, on the
     tiny corpus with one epoch per training stage and a tiny LLM of the recipe's text (the
     recipe's own LLM build takes minutes): QA data, all three training chains, decoding of
-    both test sets with every output, scoring into results.json and RESULTS.md, packing."""
+    both test sets with every output, the duplex test set item by item through the duplex
+    runner, scoring into results.json and RESULTS.md, packing."""
     from espnet_freeze_omni.llm.tiny import build_tiny_llm
 
     recipe = recipe_copy(tmp_path, "synthetic_dialog")
@@ -390,6 +400,26 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
         assert set(dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")) == qa_ids, out
     assert {p.stem for p in (recipe / "exp/decode/qa_test/speech_out/wav").glob("*.wav")} == qa_ids
     assert "qa_test" in (recipe / "RESULTS.md").read_text()
+    # the duplex set (one item per scenario): a time-synchronous track of the input's
+    # duration and the session's events per item, scored per scenario
+    dx = recipe / "exp/decode/duplex_test"
+    items = dd.read_kaldi_map(recipe / "dump/raw16k/duplex_test/wav.scp")
+    assert len(items) == 4 and sorted(dd.read_kaldi_map(dx / "summary")) == sorted(items)
+    for utt, path in items.items():
+        track = soundfile.info(dx / "wav" / f"{utt}.wav")
+        assert track.samplerate == 24000
+        assert track.frames == round(soundfile.info(path).frames / 16000 * 24000), utt
+        events = [json.loads(l) for l in (dx / "events" / f"{utt}.jsonl").open()]
+        assert any(e["type"] == "state" for e in events), utt
+    for key in ("duplex_pause_tor", "duplex_smooth_tor", "duplex_interrupt_tor",
+                "duplex_side_talk_ignored"):
+        assert 0.0 <= results[key] <= 1.0, (key, results[key])
+        assert results[f"{key}_test_set"] == "duplex_test"
+    for key in ("duplex_smooth_latency", "duplex_interrupt_latency",
+                "duplex_interrupt_stop_latency"):  # none when nothing was answered
+        assert results[key] is None or results[key] >= 0.0, (key, results[key])
+    md = (recipe / "RESULTS.md").read_text()
+    assert "### duplex_test" in md and "|duplex_pause_tor|" in md
     # a state head that answers no turn leaves speech_out empty: stage 16 says so and goes
     # on, the CER is n/a and the unanswered turns count against qa_acc_speech_out
     for name in ("text", "asr_text"):
@@ -398,7 +428,10 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     assert "qa_test: no spoken answers (the state head answered no turn)" in proc.stdout
     results = json.loads((recipe / "exp/results.json").read_text())
     assert results["speech_out_cer"] is None and results["qa_acc_speech_out"] == 0.0
-    # stage 17: the packed zip decodes a first turn as stage 15 did from the model files
+    # stage 17: the packed zip decodes a first turn as stage 15 did from the model files:
+    # through a fresh session (history_mode session, the decode config's session defaults),
+    # the turn followed by a second of silence and committed if the head left it undecided
+    from espnet_freeze_omni.inference.duplex_runner import run_turn
     from espnet_freeze_omni.inference.speech2speech import Speech2Speech
 
     s2s = Speech2Speech.from_pretrained(recipe / "exp/packed/freeze_omni_model.zip",
@@ -409,7 +442,10 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     wav, _ = soundfile.read(recipe / wavs[utt], dtype="float32")
     decoded = {out: dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")[utt]
                for out in ("speech_in", "asr_ctc")}
-    assert " ".join(s2s.answer(wav).text.split()) == " ".join(decoded["speech_in"].split())
+    session = s2s.session()
+    session.reseed(utt)
+    spoken = run_turn(session, wav, silence_seconds=1.0).answer_text
+    assert " ".join(spoken.split()) == " ".join(decoded["speech_in"].split())
     assert s2s.ctc_transcribe(wav) == decoded["asr_ctc"]
 
     # a second run finds every training stage done and leaves the models alone

@@ -22,7 +22,8 @@ Writes under --output_dir, one line per utterance of --key_file (`--outputs` pic
     speech_out/wav/<utt>.wav the spoken answer (codec rate, 24 kHz)
     speech_out/asr_text      the spoken answer transcribed back by the model's own CTC ASR
                              (speech_out: only the turns the state head does not ignore,
-                             as a duplex dialogue would; --speak_ignored true voices all)
+                             as a duplex dialogue would; --speak_ignored true voices all,
+                             see below)
     turn/turn_info           `utt_id label seconds`: the state head's first decision while
                              listening (1 respond, 2 ignore, 0 never decided, seconds -1)
 
@@ -31,6 +32,16 @@ of turn N is the dialog's earlier turns found in the same wav.scp, each a user t
 question text) and the LLM's OWN earlier answer: its text-in answers for text_in, its
 speech-in answers for speech_in, speech_out and turn. --history_mode none answers every
 turn alone. The configs are the config.yaml beside each model file unless given.
+
+--speak_ignored true (a diagnostic: it exercises speech output on every turn): with
+history_mode own/none an ignored turn's speech-in answer is voiced. With history_mode session
+an ignored turn has no answer in its dialog, so it is answered on a copy of the dialog: a
+second session runs the dialog's earlier turns again (the same audio, so with clock=audio the
+same K/V) and then this turn with the state head's turn-taking switched off up to the chunk
+at which the head said ignore, where the turn is committed, i.e. answered and voiced as if
+the head had said respond there. That answer goes to speech_out only; the dialog's own
+session, and so speech_in, turn and every other turn's outputs, stay as if the turn had
+been ignored (speech_in of the ignored turn stays empty).
 """
 from __future__ import annotations
 
@@ -58,25 +69,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_level", default="INFO",
                         choices=("ERROR", "WARNING", "INFO", "DEBUG"))
     parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: decode on the GPU")
-
-    group = parser.add_argument_group("Model")
-    group.add_argument("--llm_conf", action=NestedDictAction, default=dict(),
-                       help="The frozen LLM: path=<local Hugging Face dir> dtype=...; "
-                            "default: what the speech-input config recorded")
-    group.add_argument("--speech_input_model", required=True,
-                       help="stage-3 speech-input checkpoint")
-    group.add_argument("--speech_input_config", type=str_or_none, default=None,
-                       help="default: config.yaml beside --speech_input_model")
-    group.add_argument("--speech_output_model", required=True,
-                       help="stage-3 speech-output checkpoint")
-    group.add_argument("--speech_output_config", type=str_or_none, default=None,
-                       help="default: config.yaml beside --speech_output_model")
-    group.add_argument("--codec_dir", type=str_or_none, default=None,
-                       help="embedded codec dir or espnet gan_codec exp dir")
-    group.add_argument("--codec_model", type=str_or_none, default=None,
-                       help="checkpoint inside a gan_codec --codec_dir (default: its best)")
-    group.add_argument("--codec_conf", type=str_or_none, default=None,
-                       help="instead of --codec_dir: a YAML load_codec() config")
+    add_model_arguments(parser)
 
     group = parser.add_argument_group("Data")
     group.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append",
@@ -106,9 +99,42 @@ def get_parser() -> argparse.ArgumentParser:
                             "undecided (its turn_info still says never decided)")
     group.add_argument("--speak_ignored", type=str2bool, default=False,
                        help="voice the answers to turns the state head ignores (side talk) "
-                            "too; by default they get no speech_out line or wav")
-    group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
+                            "too; by default they get no speech_out line or wav. In "
+                            "history_mode session such a turn is answered on a copy of its "
+                            "dialog as if the head had said respond at the chunk where it "
+                            "said ignore; speech_in and turn, and the other turns, are "
+                            "unchanged (module docstring)")
     group.add_argument("--batch_size", type=int, default=8, help="text-in answers per batch")
+    add_synthesis_arguments(group)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model files (shared with duplex_inference)."""
+    group = parser.add_argument_group("Model")
+    group.add_argument("--llm_conf", action=NestedDictAction, default=dict(),
+                       help="The frozen LLM: path=<local Hugging Face dir> dtype=...; "
+                            "default: what the speech-input config recorded")
+    group.add_argument("--speech_input_model", required=True,
+                       help="stage-3 speech-input checkpoint")
+    group.add_argument("--speech_input_config", type=str_or_none, default=None,
+                       help="default: config.yaml beside --speech_input_model")
+    group.add_argument("--speech_output_model", required=True,
+                       help="stage-3 speech-output checkpoint")
+    group.add_argument("--speech_output_config", type=str_or_none, default=None,
+                       help="default: config.yaml beside --speech_output_model")
+    group.add_argument("--codec_dir", type=str_or_none, default=None,
+                       help="embedded codec dir or espnet gan_codec exp dir")
+    group.add_argument("--codec_model", type=str_or_none, default=None,
+                       help="checkpoint inside a gan_codec --codec_dir (default: its best)")
+    group.add_argument("--codec_conf", type=str_or_none, default=None,
+                       help="instead of --codec_dir: a YAML load_codec() config")
+
+
+def add_synthesis_arguments(group) -> None:
+    """LLM answer length, speech decoder, codec and text segments (shared with
+    duplex_inference)."""
+    group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
     group.add_argument("--top_k", type=int, default=2, help="codec-token sampling")
     group.add_argument("--guidance_scale", type=float, default=1.0,
                        help="classifier-free guidance of the speech decoder against its "
@@ -120,7 +146,38 @@ def get_parser() -> argparse.ArgumentParser:
                        help="PacketDecoder: first_packet, lookahead, packet, overlap")
     group.add_argument("--min_segment_tokens", type=int, default=4)
     group.add_argument("--long_segment_tokens", type=int, default=20)
-    return parser
+
+
+def wav_scp_of(args: argparse.Namespace) -> str:
+    """The one <dir>/wav.scp of --data_path_and_name_and_type (checked)."""
+    speech = [t for t in args.data_path_and_name_and_type if t[1] == "speech"]
+    others = [t for t in args.data_path_and_name_and_type if t[1] != "speech"]
+    if len(speech) != 1 or speech[0][2] != "sound" or others:
+        raise ValueError("--data_path_and_name_and_type takes one <dir>/wav.scp,speech,sound "
+                         f"entry, got {args.data_path_and_name_and_type}")
+    wav_scp = speech[0][0]
+    if not Path(wav_scp).is_file():
+        raise FileNotFoundError(f"wav.scp not found: {wav_scp}")
+    return wav_scp
+
+
+def build_speech2speech(args: argparse.Namespace):
+    """Speech2Speech.from_files from the Model and synthesis arguments."""
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    device = "cuda" if args.ngpu > 0 else "cpu"
+    return Speech2Speech.from_files(
+        args.speech_input_config, args.speech_input_model,
+        args.speech_output_config, args.speech_output_model,
+        codec_conf=args.codec_conf,
+        codec_dir=None if args.codec_conf else args.codec_dir,
+        device=device, llm_conf=args.llm_conf,
+        decode_conf=dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                         guidance_scale=args.guidance_scale,
+                         max_codec_tokens=args.max_codec_tokens, seed=args.seed,
+                         packet_conf=args.packet_conf,
+                         min_segment_tokens=args.min_segment_tokens,
+                         long_segment_tokens=args.long_segment_tokens))
 
 
 # ---------------------------------------------------------------------------- data
@@ -200,6 +257,7 @@ class TestSetDecoder:
         self._dialog = None  # (dialog id, session, turns run, {utt: TurnResult})
         self.speak_ignored = speak_ignored
         self.silent: List[str] = []  # turns not voiced: the state head ignored them
+        self.voiced_ignored: List[str] = []  # ignored turns voiced anyway (--speak_ignored)
         self.wavs = wavs
         self.all_utts = list(wavs)
         self.questions = questions
@@ -279,6 +337,57 @@ class TestSetDecoder:
                 self.committed.append(u)
         return results[utt]
 
+    def answer_ignored_turn(self, utt: str, result) -> Optional[Tuple[str, np.ndarray]]:
+        """--speak_ignored in session mode: (answer text, pcm) of a turn the state head
+        ignored, answered as if the head had said respond at the chunk where it said ignore.
+
+        The dialog's own session must stay as if the turn were ignored, so a second session
+        runs the dialog's earlier turns again (reseeded per turn as in `session_turn`: with
+        clock=audio the same K/V), then this turn with turn detection "manual" (the head is
+        read but not obeyed) up to the end of the tick at which the dialog's session heard
+        the head say ignore, and commits it there. None if that turn has no ignore event
+        (or the copy heard no audio to answer)."""
+        from espnet_freeze_omni.inference.duplex_runner import run_turn
+
+        ignored = [e for e in result.events if e.type == "ignored"]
+        if not ignored:
+            return None
+        chain = earlier_turns(utt, self.all_utts) + [utt]
+        copy = self.s2s.session(**self.session_conf)
+        for u in chain[:-1]:
+            copy.reseed(u)
+            run_turn(copy, self.load(u), silence_seconds=self.turn_silence,
+                     commit_undecided=self.commit_undecided)
+        copy.reseed(utt)
+        rate = copy.sample_rate
+        audio = np.concatenate([self.load(utt).astype(np.float32, copy=False),
+                                np.zeros(int(round(self.turn_silence * rate)), np.float32)])
+        # the state head is read but not obeyed from here on (this session is thrown away
+        # after the turn); fed in 20 ms pieces until it has consumed as much input as the
+        # dialog's session had when its head said ignore (the tick is 160 ms, so at most
+        # the last piece's < 20 ms stay pending: commit() hears them as the turn's end)
+        copy.options.turn_detection = "manual"
+        events = []
+        step = max(1, int(round(0.02 * rate)))
+        for i in range(0, len(audio), step):
+            if copy.audio_time >= ignored[0].audio_time - 0.5 / rate:
+                break
+            events += copy.feed(audio[i:i + step])
+        try:
+            events += copy.commit()
+        except ValueError as e:  # nothing heard since the last turn: nothing to answer
+            logging.warning("utterance %s: --speak_ignored: the turn cannot be committed (%s)",
+                            utt, e)
+            return None
+        events += copy.flush()
+        done = [e for e in events if e.type == "answer_done"]
+        if not done:
+            return None
+        answer_id = done[-1].data["answer_id"]
+        pcm = [e.pcm for e in events if e.type == "audio" and e.data["answer_id"] == answer_id]
+        return done[-1].data.get("text", ""), \
+            np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.float32)
+
     def decode_in_session(self, utt: str, outputs: List[str], files: Dict[str, object],
                           wav_dir: Path) -> None:
         import soundfile
@@ -289,11 +398,16 @@ class TestSetDecoder:
         result = self.session_turn(utt)
         if "speech_in" in outputs:
             files["speech_in"].write(kaldi_line(utt, result.answer_text))
-        if "speech_out" in outputs and len(result.pcm):
-            pcm = result.pcm
+        voiced_text, pcm = result.answer_text, result.pcm
+        if "speech_out" in outputs and not len(pcm) and self.speak_ignored:
+            answered = self.answer_ignored_turn(utt, result)
+            if answered is not None and len(answered[1]):
+                voiced_text, pcm = answered
+                self.voiced_ignored.append(utt)
+        if "speech_out" in outputs and len(pcm):
             soundfile.write(wav_dir / f"{utt}.wav", np.clip(pcm, -1.0, 1.0),
                             s2s.sample_rate, subtype="PCM_16")
-            files["speech_out"].write(kaldi_line(utt, result.answer_text))
+            files["speech_out"].write(kaldi_line(utt, voiced_text))
             heard = ""
             if len(pcm) >= MIN_ASR_SECONDS * s2s.sample_rate:
                 heard = s2s.ctc_transcribe(resample(pcm, s2s.sample_rate,
@@ -368,16 +482,8 @@ def decode(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
 
     from espnet_freeze_omni.codec.audio_io import read_wav_scp
-    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
 
-    speech = [t for t in args.data_path_and_name_and_type if t[1] == "speech"]
-    others = [t for t in args.data_path_and_name_and_type if t[1] != "speech"]
-    if len(speech) != 1 or speech[0][2] != "sound" or others:
-        raise ValueError("--data_path_and_name_and_type takes one <dir>/wav.scp,speech,sound "
-                         f"entry, got {args.data_path_and_name_and_type}")
-    wav_scp = speech[0][0]
-    if not Path(wav_scp).is_file():
-        raise FileNotFoundError(f"wav.scp not found: {wav_scp}")
+    wav_scp = wav_scp_of(args)
     wavs = read_wav_scp(wav_scp)
     keys = read_keys(args.key_file, wavs, wav_scp) if args.key_file else list(wavs)
     unknown = sorted(set(args.outputs) - set(OUTPUTS))
@@ -386,19 +492,7 @@ def decode(args: argparse.Namespace) -> Path:
     outputs = [o for o in OUTPUTS if o in args.outputs]
     questions = Questions(args.qa_refs, Path(wav_scp).parent)
 
-    device = "cuda" if args.ngpu > 0 else "cpu"
-    s2s = Speech2Speech.from_files(
-        args.speech_input_config, args.speech_input_model,
-        args.speech_output_config, args.speech_output_model,
-        codec_conf=args.codec_conf,
-        codec_dir=None if args.codec_conf else args.codec_dir,
-        device=device, llm_conf=args.llm_conf,
-        decode_conf=dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                         guidance_scale=args.guidance_scale,
-                         max_codec_tokens=args.max_codec_tokens, seed=args.seed,
-                         packet_conf=args.packet_conf,
-                         min_segment_tokens=args.min_segment_tokens,
-                         long_segment_tokens=args.long_segment_tokens))
+    s2s = build_speech2speech(args)
     decoder = TestSetDecoder(s2s, wavs, questions, args.history_mode, args.batch_size,
                              speak_ignored=args.speak_ignored, session_conf=args.session_conf,
                              turn_silence=args.turn_silence,
@@ -439,6 +533,10 @@ def decode(args: argparse.Namespace) -> Path:
     if decoder.committed:
         logging.info("session: %d turn(s) left undecided by the state head were committed: %s",
                      len(decoder.committed), " ".join(decoder.committed))
+    if decoder.voiced_ignored:
+        logging.info("speech_out: %d turn(s) ignored by the state head, voiced anyway "
+                     "(--speak_ignored): %s", len(decoder.voiced_ignored),
+                     " ".join(decoder.voiced_ignored))
     if decoder.silent:
         logging.info("speech_out: %d turn(s) ignored by the state head, not voiced: %s",
                      len(decoder.silent), " ".join(decoder.silent))

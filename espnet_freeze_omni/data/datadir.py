@@ -10,6 +10,8 @@ in C (byte) order:
     segments         <utt-id> <recording-id> <start-s> <end-s>   (optional)
     turn_info        <utt-id> <label> <speech-end-s>  (optional; 1 = addressed to the
                                                        assistant, 2 = not addressed)
+    duplex_info      <utt-id> <JSON object>           (optional; a duplex test item: its
+                                                       scenario and times, see duplex_sets)
     utt2num_samples  <utt-id> <samples>               (optional, written by the audio dump)
     utt2dur          <utt-id> <seconds>               (optional)
 
@@ -38,6 +40,7 @@ UTT_TABLES: Dict[str, Optional[int]] = {
     "turn_info": 2,
     "answer": None,   # stage-3 target: the frozen LLM's own answer (<none>: stay silent)
     "history": None,  # stage-3 context: JSON list of the dialog's earlier turns
+    "duplex_info": None,  # duplex test sets: {"scenario", times in seconds} (duplex_sets)
     "utt2num_samples": 1,
     "utt2dur": 1,
 }
@@ -177,6 +180,10 @@ def _check_value(name: str, e: Entry) -> Optional[str]:
                 return f"turn label must be one of {sorted(TURN_LABELS)}, got {label}"
             if end < 0:
                 return f"speech end must be >= 0 seconds, got {end}"
+        elif name == "duplex_info":
+            from espnet_freeze_omni.data.duplex_sets import check_duplex_info
+
+            return check_duplex_info(e.value)
         elif name == "utt2num_samples" and int(fields[0]) <= 0:
             return f"number of samples must be > 0, got {fields[0]}"
         elif name == "utt2dur" and float(fields[0]) <= 0:

@@ -29,9 +29,26 @@ METRICS: Dict[str, tuple] = {
     "speech_out_cer": ("character error rate of the spoken answers vs their text (turns the "
                        "state head did not ignore)", "CER %"),
     "turn_end_f1": ("turn-end detection F1 (respond-now events)", "F1 %"),
+    # duplex test sets (scoring/duplex.py, after Full-Duplex-Bench v1): rates are shares of
+    # the scenario's items (0-1), latencies P50 seconds
+    "duplex_pause_tor": ("pause handling: take-over rate, the assistant starts a turn before "
+                         "the user's paused turn has ended (lower is better)", "rate"),
+    "duplex_smooth_tor": ("smooth turn-taking: take-over rate after the user's turn "
+                          "(higher is better)", "rate"),
+    "duplex_smooth_latency": ("smooth turn-taking: user speech end -> assistant audio onset, "
+                              "P50", "s"),
+    "duplex_interrupt_tor": ("user interruption: take-over rate, the assistant stops and "
+                             "answers the interrupting question (higher is better)", "rate"),
+    "duplex_interrupt_stop_latency": ("user interruption: interruption start -> the answer "
+                                      "being heard stops, P50", "s"),
+    "duplex_interrupt_latency": ("user interruption: interruption end -> the new answer's "
+                                 "audio onset, P50", "s"),
+    "duplex_side_talk_ignored": ("side talk: share of items the assistant does not answer "
+                                 "(higher is better)", "rate"),
 }
 ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")
 QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out")
+DUPLEX_METRICS = tuple(m for m in METRICS if m.startswith("duplex_"))
 
 
 def write_metric(out_dir: str | os.PathLike, metric: str, test_set: str, value: float,
@@ -199,6 +216,19 @@ def render_markdown(results: dict, title: str = "RESULTS", exp_dir: str = "exp")
                       f"{_fmt(metrics['turn_end_f1']['value'])}|"
                       f"{_fmt(d.get('not_addressed_ignored'))}|{_fmt(d.get('mean_latency'))}|"
                       f"-{d.get('early_tolerance')}/+{d.get('late_tolerance')}|", ""]
+        duplex = [m for m in DUPLEX_METRICS if m in metrics]
+        if duplex:
+            lines += ["|duplex metric|value|unit|items|measured|P90 s|better|",
+                      "|---|---|---|---|---|---|---|"]
+            for m in duplex:
+                d = metrics[m]["details"]
+                lines.append(f"|{m}|{_fmt(metrics[m]['value'])}|{metrics[m]['unit']}|"
+                             f"{d.get('num_items', 'n/a')}|"
+                             f"{d.get('num_measured', d.get('num_hits', 'n/a'))}|"
+                             f"{_fmt(d.get('p90')) if 'p90' in d else '-'}|"
+                             f"{d.get('better', '')}|")
+            lines += ["", "(duplex: rates are shares of the scenario's items, `measured` the "
+                      "items counted or timed; definitions in scoring/duplex.py)", ""]
     if results["modality_gap"]:
         lines += ["### modality gap (text-in accuracy minus speech accuracy)", "",
                   "|test set|text in|speech in|gap|speech out|gap|", "|---|---|---|---|---|---|"]

@@ -21,9 +21,10 @@
 # 14 speech output 3  NAR prefix decoder on the LLM's hidden states
 #                     (11-14 train on --tts_train_set/--tts_valid_set, by default on
 #                     --train_set/--valid_set: the assistant should speak with one voice)
-# 15 decoding         test sets, JOB=1:N jobs
-# 16 scoring          sclite WER/CER, QA containment accuracy, turn-end F1
-#                     -> exp/results.json + RESULTS.md
+# 15 decoding         test sets, JOB=1:N jobs; duplex test sets (--duplex_test_sets, when
+#                     local/data.sh made them) item by item through the duplex runner
+# 16 scoring          sclite WER/CER, QA containment accuracy, turn-end F1, duplex
+#                     take-over rates and latencies -> exp/results.json + RESULTS.md
 # 17 pack             espnet pack_funcs zip of the trained models
 # 18 upload           Hugging Face Hub (needs network and a login)
 #
@@ -77,6 +78,10 @@ qa_test_sets=""         # spoken QA test sets (question ids match --qa_test_refs
 qa_train_dialogs=""     # train dialogs, JSON lines (stage 9 regenerates their answers)
 qa_test_refs=""         # reference answers, JSON lines {"id", "question", "answers"}; "{set}" in
                         # the path is replaced by each QA test set's name
+duplex_test_sets=duplex_test  # duplex test sets after Full-Duplex-Bench v1 (data/<set>/duplex_info,
+                        # data/duplex_sets.py): stage 15 decodes them with the duplex runner,
+                        # stage 16 scores take-over rates and latencies. Only the sets local/data.sh
+                        # made are used (none: nothing changes); they need the full model (QA sets)
 tts_train_set=""        # TTS set for codec + speech output (stages 11-14; empty: --train_set)
 tts_valid_set=""        # its validation set (empty: --valid_set). TTS sets are prepared in
                         # stage 1, dumped at 24 kHz only, length-filtered, never speed-perturbed;
@@ -169,7 +174,9 @@ training_sets() { unique "${train_set}" "${valid_set}" ${qa_train_set}; }
 testing_sets() { unique ${test_sets} ${qa_test_sets}; }
 # --qa_test_refs may hold "{set}", replaced by each QA test set's name (one refs file per set)
 qa_refs_of() { echo "${qa_test_refs//\{set\}/$1}"; }
-input_sets() { unique "${train_set}" "${valid_set}" ${qa_train_set} ${test_sets} ${qa_test_sets}; }
+# the duplex sets local/data.sh made (a data dir with duplex_info); listed as they exist now
+duplex_sets() { local s; for s in ${duplex_test_sets}; do [ -f "data/${s}/duplex_info" ] && echo "${s}"; done; return 0; }
+input_sets() { unique "${train_set}" "${valid_set}" ${qa_train_set} ${test_sets} ${qa_test_sets} $(duplex_sets); }
 tts_sets() { unique ${tts_train_set} ${tts_valid_set}; }  # only those given
 all_sets() { unique $(input_sets) $(tts_sets); }
 in_list() { [[ " $(echo $2) " == *" $1 "* ]]; }  # <set> "<sets>": is the set among them
@@ -259,7 +266,7 @@ dump_set() {  # <set> <sample rate> <out dir>
     for n in $(seq "${jobs}"); do cat "${out}/data/format.${n}/wav.scp"; done > "${out}/wav.scp"
     for n in $(seq "${jobs}"); do cat "${out}/data/format.${n}/utt2num_samples"; done \
         > "${out}/utt2num_samples"
-    for f in text utt2spk spk2utt turn_info spk2gender; do
+    for f in text utt2spk spk2utt turn_info duplex_info spk2gender; do
         [ -f "${src}/${f}" ] && cp "${src}/${f}" "${out}/${f}"
     done
     for f in "${src}"/utt2*; do
@@ -722,6 +729,13 @@ train_speech_output_stage3() {
 #                                           and speech_out_cer against speech_out/text
 #   ${decode_dir}/T/turn/turn_info          predicted turn ends         -> turn_end_f1
 # (Kaldi text files `utt_id words...`; turn_info lines `utt_id label seconds`.)
+# and per duplex test set D (bin/duplex_inference: one fresh DuplexSession per item, clock
+# "measured" by default, so latencies are what this machine gives in real time):
+#   ${decode_dir}/D/wav/<utt>.wav           time-synchronous 24 kHz output, the input's duration
+#   ${decode_dir}/D/events/<utt>.jsonl      the session's events   -> duplex_pause_tor,
+#                                           duplex_smooth_tor/_latency, duplex_interrupt_tor/
+#                                           _stop_latency/_latency, duplex_side_talk_ignored
+#   ${decode_dir}/D/summary                 `utt_id JSON`: heard spans, answers, compute, RTF
 # ASR through the LLM is decoded with the speech-input stage-2 model, the one trained to
 # transcribe through the LLM. With the paper configs stage 3 changes nothing that ASR uses
 # (encoder, adapter, CTC and task embeddings frozen); the tiny stage-3 config also trains the
@@ -770,7 +784,12 @@ decode_asr_only() {
 decode_test_sets() {
     local dset out jobs _cmd n set_args
     _cmd=${decode_cmd}; [ "${gpu_inference}" = true ] && _cmd="${cuda_cmd} --gpu 1"
-    if [ -z "${qa_test_sets}" ]; then decode_asr_only "${_cmd}"; return 0; fi
+    if [ -z "${qa_test_sets}" ]; then
+        decode_asr_only "${_cmd}"
+        [ -z "$(duplex_sets)" ] || log "Stage 15: $(duplex_sets | paste -sd' ' -) not decoded: a" \
+            "duplex set needs the full model (a recipe with --qa_test_sets)"
+        return 0
+    fi
     need "$(speech_input_exp 3)/valid.loss.best.pth" 10 15
     need "$(speech_output_exp 3)/valid.loss.best.pth" 14 15
     for dset in $(testing_sets); do
@@ -817,6 +836,38 @@ decode_test_sets() {
         fi
         decode_asr_stage2 "${dset}" "${out}" "${jobs}" llm "${_cmd}"  # --decode_args are speech2speech's
     done
+    decode_duplex_sets "${_cmd}"
+}
+
+# Duplex test sets: each item through its own DuplexSession (bin/duplex_inference), with the
+# decode config and --decode_args of the QA sets (its test-set-only options do nothing there).
+decode_duplex_sets() {
+    local dset out jobs n _cmd=$1
+    for dset in $(duplex_sets); do
+        out=${decode_dir}/${dset}
+        split_test_set "${dset}" "${out}"; jobs=${test_jobs}
+        log "Stage 15: duplex ${dset} (${jobs} jobs, logs ${logdir}/stage15_decode/${dset}.JOB.log)"
+        # shellcheck disable=SC2086
+        ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
+            ${python} -m espnet_freeze_omni.bin.duplex_inference \
+                --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
+                --config "${decode_config}" \
+                --llm_conf path="${llm_dir}" \
+                --speech_input_model "$(speech_input_exp 3)/valid.loss.best.pth" \
+                --speech_output_model "$(speech_output_exp 3)/valid.loss.best.pth" \
+                --codec_dir "${codec_exp}" \
+                --data_path_and_name_and_type "${data_feats16}/${dset}/wav.scp,speech,sound" \
+                --key_file "${out}/logdir/keys.JOB.scp" \
+                --output_dir "${out}/logdir/output.JOB" ${decode_args}
+        mkdir -p "${out}/wav" "${out}/events"
+        for n in $(seq "${jobs}"); do
+            cat "${out}/logdir/output.${n}/summary"
+            mv "${out}/logdir/output.${n}/wav/"*.wav "${out}/wav/"
+            mv "${out}/logdir/output.${n}/events/"*.jsonl "${out}/events/"
+        done | sort > "${out}/summary"
+        log "Stage 15: ${dset}: $(num_lines "${out}/summary") items, output tracks in ${out}/wav," \
+            "events in ${out}/events"
+    done
 }
 
 # Stage 9 needs only the LLM, not stage 8: it goes in the lane of the speech decoder, whose
@@ -830,7 +881,7 @@ if in_stage 11; then banner 11 "Codec training (${codec_type}) on $(speech_out_t
 if in_stage 12; then banner 12 "Codec tokens of {$(speech_out_sets | paste -sd, -)}"; extract_codec_tokens; fi
 if in_stage 13; then banner 13 "Speech output stage 2: text -> codec tokens ($(speech_out_train), valid $(speech_out_valid))"; train_speech_output_stage2; fi
 if in_stage 14; then banner 14 "Speech output stage 3: NAR prefix decoder on LLM hidden states ($(speech_out_train), valid $(speech_out_valid))"; train_speech_output_stage3; fi
-if in_stage 15; then banner 15 "Decoding ${test_sets} ${qa_test_sets}"; decode_test_sets; fi
+if in_stage 15; then banner 15 "Decoding ${test_sets} ${qa_test_sets}$(for d in $(duplex_sets); do echo -n " ${d}"; done)"; decode_test_sets; fi
 
 # ----------------------------------------------------------- stage 16: scoring
 # Scores whatever decoding outputs exist (listed above stage 15); each figure lands in
@@ -887,6 +938,16 @@ score_all() {
             fi
         fi
     done
+    for dset in $(duplex_sets); do
+        hyp_dir=${decode_dir}/${dset}
+        if [ -f "${hyp_dir}/summary" ]; then
+            need "${data_feats16}/${dset}/duplex_info" 3 16
+            ${python} -m espnet_freeze_omni.scoring.duplex \
+                --duplex_info "${data_feats16}/${dset}/duplex_info" --decode_dir "${hyp_dir}" \
+                --out_dir "${score_dir}/${dset}" --test_set "${dset}"
+            scored=$(( scored + 1 ))
+        fi
+    done
     if [ "${scored}" -eq 0 ]; then
         log "Stage 16 found no decoding output under ${decode_dir}/<test set>/: run stage 15 first" \
             "(./run.sh --stage 15 --stop_stage 15)"
@@ -894,12 +955,12 @@ score_all() {
     fi
     ${python} -m espnet_freeze_omni.bin.write_results --score_root "${score_dir}" \
         --results_json "${expdir}/results.json" --results_md RESULTS.md \
-        --test_sets "$(testing_sets | tr '\n' ' ')" --exp_dir "${expdir}"
+        --test_sets "$(testing_sets | tr '\n' ' ') $(duplex_sets | tr '\n' ' ')" --exp_dir "${expdir}"
     log "Stage 16: ${scored} score(s); ${expdir}/results.json and RESULTS.md written"
 }
 
 if in_stage 16; then
-    banner 16 "Scoring: sclite WER/CER, QA answer containment, turn-end F1 -> ${expdir}/results.json, RESULTS.md"
+    banner 16 "Scoring: sclite WER/CER, QA answer containment, turn-end F1, duplex turn-taking -> ${expdir}/results.json, RESULTS.md"
     rm -rf "${score_dir}"  # cheap to redo; stale scores of an older decode must not linger
     score_all
 fi

@@ -2,8 +2,13 @@
 # data/{train,dev,test} (ASR), data/{qa_train,qa_test} (spoken questions + side talk, with
 # turn_info), data/{tts_train,tts_dev} (assistant answers in one voice, for the codec and the
 # speech decoder) and data/local/world/ (facts, dialogs, repeat dialogs, reference answers),
-# all generated from one seed by espnet_freeze_omni.bin.make_synthetic_corpus: nothing is
-# downloaded.
+# all generated from one seed by espnet_freeze_omni.bin.make_synthetic_corpus, and
+# data/duplex_test (espnet_freeze_omni.data.duplex_sets): a duplex test set after
+# Full-Duplex-Bench v1 from the held-out test questions and side talk, --num_duplex_test
+# items per scenario (pause inside a question, smooth turn end, a second question over the
+# answer, side talk), with duplex_info (scenario and times measured on the audio); the
+# recipe decodes it with the duplex runner (stage 15) and scores its take-over rates and
+# latencies (stage 16). Nothing is downloaded.
 set -euo pipefail
 
 seed=0
@@ -24,12 +29,19 @@ num_tts_train=2500        # assistant answers in the assistant voice (test answe
                           # 2500 x 12 epochs: spoken-answer CER 13.6 %, 1500 x 20: 16.7 %)
 num_tts_dev=100
 num_repeat_train=1500     # "Repeat after me: ..." text dialogs (the LLM learns to copy)
-sets=""                   # speak only these data dirs, comma separated (e.g. tts_train,tts_dev);
-                          # empty: all. The text artifacts are always (re)written.
+num_duplex_test=25        # data/duplex_test: items per duplex scenario (4 scenarios; 25 make
+                          # 100 items, 11 min of audio: ~3 s to speak; 0: no duplex set)
+sets=""                   # speak only these data dirs, comma separated (e.g. tts_train,tts_dev,
+                          # duplex_test); empty: all. The text artifacts are always (re)written.
 nj=2
 help_message="Usage: local/data.sh [--seed 0] [--num_train 2000] ... (see the variables in $0)"
 . utils/parse_options.sh
 . ./path.sh
+
+# duplex_test is made below from the corpus' texts; the other sets by make_synthetic_corpus
+corpus_sets=$(echo "${sets}" | tr ',' '\n' | grep -vx duplex_test | paste -sd' ' - || true)
+text_only=false
+[ -n "${sets}" ] && [ -z "${corpus_sets}" ] && text_only=true
 
 python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${seed}" \
     --num_train "${num_train}" --num_dev "${num_dev}" --num_test "${num_test}" \
@@ -39,4 +51,14 @@ python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${see
     --num_paused_qa_train "${num_paused_qa_train}" \
     --num_people "${num_people}" --num_countries "${num_countries}" \
     --num_tts_train "${num_tts_train}" --num_tts_dev "${num_tts_dev}" \
-    --num_repeat_train "${num_repeat_train}" ${sets:+--sets "${sets//,/ }"} --nj "${nj}"
+    --num_repeat_train "${num_repeat_train}" ${corpus_sets:+--sets "${corpus_sets}"} \
+    --text_only "${text_only}" --nj "${nj}"
+
+if [ "${num_duplex_test}" -gt 0 ] && { [ -z "${sets}" ] || [[ ",${sets}," == *",duplex_test,"* ]]; }; then
+    rm -rf data/duplex_test data/local/wav/duplex_test
+    python3 -m espnet_freeze_omni.data.duplex_sets \
+        --refs data/local/world/qa_test_refs.jsonl \
+        --side_talk data/local/world/side_talk_test.txt \
+        --out data/duplex_test --wav_dir data/local/wav/duplex_test \
+        --num_items "${num_duplex_test}" --seed "${seed}" --nj "${nj}"
+fi
