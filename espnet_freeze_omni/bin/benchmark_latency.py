@@ -42,7 +42,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
+
+from espnet_freeze_omni.scoring.machine import device_name
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
@@ -141,17 +142,6 @@ def summarize(values_ms: Sequence[float]) -> Dict[str, float]:
     return dict(n=int(len(values)), p50=float(np.percentile(values, 50)),
                 p90=float(np.percentile(values, 90)), mean=float(values.mean()),
                 min=float(values.min()), max=float(values.max()))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def energy_speech_end(wav: np.ndarray, rate: int, frame_seconds: float = 0.01,
@@ -913,7 +903,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if script.answer_tokens is not None:
         options["max_new_tokens"] = args.answer_tokens + 1  # the script ends the turn first
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = device_name(device)
     machine = f"{device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"benchmark_latency: {title}; {machine}")
     if load > 0.5:

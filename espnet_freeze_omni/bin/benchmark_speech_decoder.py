@@ -22,8 +22,6 @@ token rate; the report says which.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -34,6 +32,7 @@ import yaml
 
 from espnet_freeze_omni.codec.abs_codec import AbsCodec
 from espnet_freeze_omni.inference.speech_synthesis import generate_codec_tokens, stream_pcm
+from espnet_freeze_omni.scoring.machine import device_name
 from espnet_freeze_omni.speech_decoder.decoder import SpeechDecoder
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -107,17 +106,6 @@ def build_codec(codec_conf: Optional[str]):
                 f"embedded k-means/Griffin-Lim codec, random codebook ({cfg.gl_iters} GL iters)")
     except Exception as e:  # noqa: BLE001 - any failure means: fall back, and say so
         return StandInCodec(), f"stand-in table codec (embedded codec unavailable: {e})"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def sync(device: torch.device):
@@ -226,7 +214,7 @@ def main(cmd=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     codec, codec_desc = build_codec(args.codec_conf)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    dev_name = device_name(device)
     print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"dtype {args.dtype}")
     print(f"codec: {codec_desc}; {codec.sample_rate} Hz, {codec.samples_per_token} samples/token")

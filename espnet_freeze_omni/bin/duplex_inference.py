@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -57,11 +56,12 @@ from espnet2.utils import config_argparse
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
-from espnet_freeze_omni.bin.speech2speech_inference import (
+from espnet_freeze_omni.inference.decode_options import (
     OUTPUTS,
     add_model_arguments,
     add_synthesis_arguments,
     build_speech2speech,
+    parse_decode_args,
     read_keys,
     wav_scp_of,
 )
@@ -196,13 +196,7 @@ def decode(args: argparse.Namespace) -> Path:
 
 
 def main(cmd=None):
-    args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    logging.info("%s %s", sys.executable, " ".join(sys.argv if cmd is None else cmd))
-    if (args.codec_dir is None) == (args.codec_conf is None):
-        raise SystemExit("give one of --codec_dir and --codec_conf")
-    decode(args)
+    decode(parse_decode_args(get_parser, cmd))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
         --data_path_and_name_and_type dump/raw16k/qa_test/wav.scp,speech,sound \
         --key_file exp/decode/qa_test/logdir/keys.1.scp \
         --output_dir exp/decode/qa_test/logdir/output.1 \
-        [--qa_refs data/qa_test/refs.jsonl] [--history_mode own|none] [--outputs asr_ctc ...]
+        [--qa_refs data/qa_test/refs.jsonl] [--history_mode session|own|none] \
+        [--outputs asr_ctc ...]
 
 Writes under --output_dir, one line per utterance of --key_file (`--outputs` picks which):
     asr_ctc/text             CTC transcript
@@ -27,11 +28,15 @@ Writes under --output_dir, one line per utterance of --key_file (`--outputs` pic
     turn/turn_info           `utt_id label seconds`: the state head's first decision while
                              listening (1 respond, 2 ignore, 0 never decided, seconds -1)
 
-Multi-turn utterance ids `<dialog>-t<N>`: with --history_mode own (the default) the history
-of turn N is the dialog's earlier turns found in the same wav.scp, each a user turn (its
-question text) and the LLM's OWN earlier answer: its text-in answers for text_in, its
-speech-in answers for speech_in, speech_out and turn. --history_mode none answers every
-turn alone. The configs are the config.yaml beside each model file unless given.
+Multi-turn utterance ids `<dialog>-t<N>`: with --history_mode session (the default) each
+dialog runs through one DuplexSession, turn after turn, as a live dialogue would: the
+history of turn N is the LLM's K/V of the earlier audio turns and of its own answers, and
+the state head takes the turns (one it leaves undecided is committed unless
+--commit_undecided false); speech_in, speech_out and turn come from that session, text_in
+from the text questions with the LLM's own text answers as history. With --history_mode own
+(the older, flattering figure) the history of turn N is the dialog's earlier turns as text,
+each the REFERENCE question and the LLM's own earlier answer; --history_mode none answers
+every turn alone. The configs are the config.yaml beside each model file unless given.
 
 --speak_ignored true (a diagnostic: it exercises speech output on every turn): with
 history_mode own/none an ignored turn's speech-in answer is voiced. With history_mode session
@@ -48,7 +53,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -58,7 +62,16 @@ from espnet2.utils import config_argparse
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
-OUTPUTS = ("asr_ctc", "asr_llm", "text_in", "speech_in", "speech_out", "turn")
+from espnet_freeze_omni.inference.decode_options import (
+    OUTPUTS,
+    add_model_arguments,
+    add_synthesis_arguments,
+    build_speech2speech,
+    parse_decode_args,
+    read_keys,
+    wav_scp_of,
+)
+
 DIALOG_TURN = re.compile(r"^(?P<dialog>.+)-t(?P<turn>\d+)$")
 MIN_ASR_SECONDS = 0.1  # shorter spoken answers (e.g. empty ones) get an empty transcript
 
@@ -109,92 +122,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model files (shared with duplex_inference)."""
-    group = parser.add_argument_group("Model")
-    group.add_argument("--llm_conf", action=NestedDictAction, default=dict(),
-                       help="The frozen LLM: path=<local Hugging Face dir> dtype=...; "
-                            "default: what the speech-input config recorded")
-    group.add_argument("--speech_input_model", required=True,
-                       help="stage-3 speech-input checkpoint")
-    group.add_argument("--speech_input_config", type=str_or_none, default=None,
-                       help="default: config.yaml beside --speech_input_model")
-    group.add_argument("--speech_output_model", required=True,
-                       help="stage-3 speech-output checkpoint")
-    group.add_argument("--speech_output_config", type=str_or_none, default=None,
-                       help="default: config.yaml beside --speech_output_model")
-    group.add_argument("--codec_dir", type=str_or_none, default=None,
-                       help="embedded codec dir or espnet gan_codec exp dir")
-    group.add_argument("--codec_model", type=str_or_none, default=None,
-                       help="checkpoint inside a gan_codec --codec_dir (default: its best)")
-    group.add_argument("--codec_conf", type=str_or_none, default=None,
-                       help="instead of --codec_dir: a YAML load_codec() config")
-
-
-def add_synthesis_arguments(group) -> None:
-    """LLM answer length, speech decoder, codec and text segments (shared with
-    duplex_inference)."""
-    group.add_argument("--max_new_tokens", type=int, default=128, help="LLM tokens per answer")
-    group.add_argument("--top_k", type=int, default=2, help="codec-token sampling")
-    group.add_argument("--guidance_scale", type=float, default=1.0,
-                       help="classifier-free guidance of the speech decoder against its "
-                            "text-free context (1 = off; needs a decoder trained with "
-                            "speech_decoder_conf condition_dropout > 0)")
-    group.add_argument("--max_codec_tokens", type=int, default=1000, help="per text segment")
-    group.add_argument("--seed", type=int, default=0, help="codec-token sampling seed")
-    group.add_argument("--packet_conf", action=NestedDictAction, default=dict(),
-                       help="PacketDecoder: first_packet, lookahead, packet, overlap")
-    group.add_argument("--min_segment_tokens", type=int, default=4)
-    group.add_argument("--long_segment_tokens", type=int, default=20)
-
-
-def wav_scp_of(args: argparse.Namespace) -> str:
-    """The one <dir>/wav.scp of --data_path_and_name_and_type (checked)."""
-    speech = [t for t in args.data_path_and_name_and_type if t[1] == "speech"]
-    others = [t for t in args.data_path_and_name_and_type if t[1] != "speech"]
-    if len(speech) != 1 or speech[0][2] != "sound" or others:
-        raise ValueError("--data_path_and_name_and_type takes one <dir>/wav.scp,speech,sound "
-                         f"entry, got {args.data_path_and_name_and_type}")
-    wav_scp = speech[0][0]
-    if not Path(wav_scp).is_file():
-        raise FileNotFoundError(f"wav.scp not found: {wav_scp}")
-    return wav_scp
-
-
-def build_speech2speech(args: argparse.Namespace):
-    """Speech2Speech.from_files from the Model and synthesis arguments."""
-    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
-
-    device = "cuda" if args.ngpu > 0 else "cpu"
-    return Speech2Speech.from_files(
-        args.speech_input_config, args.speech_input_model,
-        args.speech_output_config, args.speech_output_model,
-        codec_conf=args.codec_conf,
-        codec_dir=None if args.codec_conf else args.codec_dir,
-        device=device, llm_conf=args.llm_conf,
-        decode_conf=dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                         guidance_scale=args.guidance_scale,
-                         max_codec_tokens=args.max_codec_tokens, seed=args.seed,
-                         packet_conf=args.packet_conf,
-                         min_segment_tokens=args.min_segment_tokens,
-                         long_segment_tokens=args.long_segment_tokens))
-
-
 # ---------------------------------------------------------------------------- data
-def read_keys(key_file: str, wavs: Dict[str, str], wav_scp: str) -> List[str]:
-    """Utterance ids of the key file (first column), each checked against wav.scp."""
-    keys = []
-    with open(key_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            utt = line.split(maxsplit=1)[0]
-            if utt not in wavs:
-                raise KeyError(f"utterance {utt} ({key_file}:{lineno}) is not in {wav_scp}")
-            keys.append(utt)
-    return keys
-
-
 def dialog_turn(utt: str) -> Tuple[str, Optional[int]]:
     """(dialog id, turn number) of a `<dialog>-t<N>` id; (utt, None) for a single turn."""
     match = DIALOG_TURN.match(utt)
@@ -545,13 +473,7 @@ def decode(args: argparse.Namespace) -> Path:
 
 
 def main(cmd=None):
-    args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    logging.info("%s %s", sys.executable, " ".join(sys.argv if cmd is None else cmd))
-    if (args.codec_dir is None) == (args.codec_conf is None):
-        raise SystemExit("give one of --codec_dir and --codec_conf")
-    decode(args)
+    decode(parse_decode_args(get_parser, cmd))
 
 
 if __name__ == "__main__":
