@@ -30,8 +30,11 @@
 #
 # On CPU, --cpu_lanes runs {5} beside {6 7 11 12}, then {8} beside {9 13 14}.
 # Every stage prints "Stage N: name" with a timestamp, keeps its job logs under exp/log/,
-# skips with a message when its outputs are complete (--force true redoes it), and, run
-# before its inputs exist, names the stage that makes them.
+# and, run before its inputs exist, names the stage that makes them. Data, token and codec
+# stages (1-6, 9, 11, 12) skip with a message when their outputs are complete (--force true
+# redoes them); the training stages (7, 8, 10, 13, 14) always resume their exp dir (espnet's
+# --resume true: a finished one returns at once, --force does not restart it); decoding,
+# scoring and packing (15-17) always run again.
 #
 # ---------------------------------------------------------------------------------------
 # Stages 7-18 call the project's entry points: espnet_freeze_omni.bin.speech_input_train,
@@ -53,7 +56,7 @@ min() { local a=$1 b=$2; echo $(( a < b ? a : b )); }
 stage=1                 # first stage to run
 stop_stage=10000        # last stage to run
 only_stages=""          # run only these stages of --stage..--stop_stage (e.g. "7 11"); empty: all
-force=false             # redo stages whose outputs are already complete
+force=false             # redo data/token/codec stages whose outputs are complete (not training)
 nj=2                    # parallel jobs for data stages (dump, stats)
 inference_nj=2          # parallel decoding jobs
 ngpu=0                  # GPUs per training job (0: CPU)
