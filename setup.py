@@ -22,6 +22,11 @@ setup(
         "tqdm",
         "matplotlib",
         "silero-vad",
+        # the voice server (espnet_freeze_omni/serve): HTTP + websocket, the Realtime client
+        "aiohttp",
+        "websockets",
+        "openai",
     ],
-    extras_require={"test": ["pytest"]},
+    # playwright drives Debian's chromium (tools/setup_env.sh) in tests/test_serve_browser.py
+    extras_require={"test": ["pytest", "playwright"]},
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the project's environment from the repo's own files: a Python 3.12 venv in .venv with
-# this package (editable) and espnet 202611, plus Debian's espeak-ng, sox and sctk where apt works.
+# this package (editable) and espnet 202611, plus Debian's espeak-ng, sox, sctk and chromium (the
+# voice demo's browser test) where apt works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -26,11 +27,17 @@ find_python312() {
 missing_debs=()
 for tool in espeak-ng sox; do command -v "$tool" >/dev/null 2>&1 || missing_debs+=("$tool"); done
 [ -x /usr/lib/sctk/bin/sclite ] || command -v sclite >/dev/null 2>&1 || missing_debs+=(sctk)
-if [ ${#missing_debs[@]} -gt 0 ]; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "[setup] installing Debian packages: espeak-ng sox libsox-fmt-all sctk"
+# chromium: only the browser test of the voice demo needs it (it is skipped without)
+want_chromium=0
+command -v chromium >/dev/null 2>&1 || want_chromium=1
+can_apt=0
+command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && can_apt=1
+if [ ${#missing_debs[@]} -gt 0 ] || { [ "$want_chromium" = 1 ] && [ "$can_apt" = 1 ]; }; then
+    if [ "$can_apt" = 1 ]; then
+        echo "[setup] installing Debian packages: espeak-ng sox libsox-fmt-all sctk chromium"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox libsox-fmt-all sctk >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox libsox-fmt-all sctk \
+            chromium >/dev/null
     else
         echo "[setup] ERROR: missing system tools: ${missing_debs[*]}." >&2
         echo "[setup] Install the Debian/Ubuntu packages espeak-ng, sox, libsox-fmt-all and sctk" >&2
