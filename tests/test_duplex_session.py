@@ -461,3 +461,43 @@ def test_commit_after_silence_answers_an_undecided_turn(s2s, spoken, scripted_he
     assert ended[0].audio_time - stopped[0].data["at"] == pytest.approx(1.0, abs=0.17)
     with pytest.raises(ValueError, match="commit_after_silence_s"):
         s2s.session(vad=False, commit_after_silence_s=1.0)
+
+
+def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, scripted_head):
+    """interrupt_on_speech: the answer stops when the VAD hears the user start, before the
+    state head has said anything about the new speech; by default (the paper) the same
+    speech without a "respond" leaves the answer playing."""
+    first, second = spoken
+    gap = np.zeros(int(0.6 * RATE), dtype=np.float32)
+    wav = np.concatenate([np.zeros(RATE), first, gap, second,
+                          np.zeros(2 * RATE)]).astype(np.float32)
+    first_end = (RATE + len(first)) / RATE
+    second_start = first_end + len(gap) / RATE
+    script = [(first_end + 0.1, first_end + 0.3, STATE_RESPOND)]
+
+    s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking then
+    try:
+        playing = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40)
+        events, _ = run_duplex(playing, wav)
+        stopping = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
+                                 interrupt_on_speech=True)
+        stopped_events, _ = run_duplex(stopping, wav)
+    finally:
+        s2s.synthesizer.max_tokens = 30
+    assert len(of(events, "turn_ended")) == 1 and not of(events, "interrupted")
+    spans = speech_spans(events)
+    assert spans and spans[0][1] > second_start + 0.5  # still speaking over the second turn
+
+    events = stopped_events
+    started = [e for e in of(events, "speech_started") if e.data["at"] > second_start - 0.3]
+    cut = of(events, "interrupted")
+    assert len(started) == 1 and len(cut) == 1
+    assert 0.0 <= cut[0].time - started[0].time < 0.2  # at the tick the VAD fired
+    assert cut[0].time - second_start < 0.6
+    assert len(of(events, "turn_ended")) == 1  # nothing ended the new speech's turn
+    # the voiced part stays in the history; the heard audio stops at the cut
+    assert all(hi <= cut[0].time + 1e-6 for _, hi, _ in speech_spans(events))
+    assert stopping.turns[0].assistant_ids[:cut[0].data["voiced_tokens"]] == \
+        answer_ids(events)[:cut[0].data["voiced_tokens"]]
+    with pytest.raises(ValueError, match="interrupt_on_speech"):
+        s2s.session(vad=False, interrupt_on_speech=True)

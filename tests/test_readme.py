@@ -35,7 +35,7 @@ COMMAND_READMES = [REPO / "README.md", TEMPLATE / "README.md"]
 PATH_READMES = COMMAND_READMES + [p for p in sorted(REPO.glob("egs2/*/freeze_omni1/README.md"))
                                   if p != TEMPLATE / "README.md"]
 # Linked pages that another change is writing; checked once they exist.
-PENDING = {"docs/serving.md"}
+PENDING: set = set()  # paths a README may name before they exist (none now)
 # What a recipe run makes, or what a user supplies: never in the repository.
 RUNTIME_ROOTS = ("data/", "dump/", "exp/", "out/", "downloads/")
 PLACEHOLDER = re.compile(r"[<>{}*$\[\]]|\.\.\.|\s")

@@ -76,6 +76,9 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--turn_detection", default="state_head",
                        choices=("state_head", "vad", "manual"))
     group.add_argument("--barge_in", type=str2bool, default=True)
+    group.add_argument("--interrupt_on_speech", type=str2bool, default=False,
+                       help="with VAD: stop an answer as soon as the user starts speaking "
+                            "(default: when the state head says respond, as the paper)")
     group.add_argument("--commit_after_silence_s", type=float, default=None,
                        help="with VAD: answer a turn the state head left undecided this "
                             "long after the speech stopped (default: never)")
@@ -119,6 +122,7 @@ def session_options(args) -> dict:
     return dict(system_role=args.system_role, vad=args.vad, vad_threshold=args.vad_threshold,
                 vad_min_silence_s=args.vad_min_silence_s, vad_replay_s=args.vad_replay_s,
                 turn_detection=args.turn_detection, barge_in=args.barge_in,
+                interrupt_on_speech=args.interrupt_on_speech,
                 commit_after_silence_s=args.commit_after_silence_s,
                 max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens)
 

@@ -35,6 +35,9 @@ to from the start of the answer segment being played (see `_refork_without_vad`)
 
 `turn_detection`: "state_head" (the paper), "vad" (a turn ends when the VAD says the speech
 stopped; a baseline) or "manual" (only `commit()` ends a turn, like a push-to-talk button).
+A barge-in stops the answer when the state head says "respond" to the new speech (the
+paper), or with `interrupt_on_speech` as soon as the VAD hears the user start (as OpenAI's
+server VAD does: a faster stop, but side talk stops the answer too).
 
 Clock: events carry `time`, seconds on the session clock. With `clock="audio"` computing
 takes no time (deterministic: the figures of tests and recipes); with `clock="measured"`
@@ -54,7 +57,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import time
 import zlib
 from typing import Any, Deque, Dict, List, Optional
@@ -115,6 +117,11 @@ class SessionOptions:
     # authors force them to "listen"), none without
     min_turn_chunks: Optional[int] = None
     barge_in: bool = True
+    # with VAD: an answer being spoken stops as soon as the VAD hears the user start (as
+    # OpenAI's server VAD interrupts), not when the state head later says respond: the stop
+    # comes within the VAD's onset delay instead of after the user's interruption, but side
+    # talk during an answer then stops it too (the paper: False, the state head decides)
+    interrupt_on_speech: bool = False
     # with VAD: a turn the state head has left undecided this long after the speech stopped
     # is answered anyway (a live demo's fallback; None: wait for the state head, the paper)
     commit_after_silence_s: Optional[float] = None
@@ -138,6 +145,8 @@ class SessionOptions:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
         if self.vad_min_silence_s < 0 or self.vad_replay_s < 0:
             raise ValueError("vad_min_silence_s and vad_replay_s must be >= 0")
+        if self.interrupt_on_speech and not (self.vad and self.barge_in):
+            raise ValueError("interrupt_on_speech needs vad=True and barge_in=True")
         if self.commit_after_silence_s is not None and (
                 not self.vad or self.commit_after_silence_s < 0):
             raise ValueError("commit_after_silence_s needs vad=True and a value >= 0")
@@ -654,10 +663,14 @@ class DuplexSession:
         while it was still generating. The history keeps the answer as far as it was voiced
         (as far as a barge-in branch already open keeps it, so that branch stays valid). An
         answer fully played is retired instead; without an answer nothing happens."""
+        self._cancel_answer()
+        return self._take()
+
+    def _cancel_answer(self) -> None:
         self._retire_answer()
         answer = self.answer
         if answer is None:
-            return self._take()
+            return
         branch = self.listening
         voiced = branch.fork_voiced if branch is not None and branch.fork_voiced is not None \
             else answer.voiced_tokens(self.clock)
@@ -666,7 +679,6 @@ class DuplexSession:
         self._interrupt()
         answer.turn.assistant_ids = answer.tokens[:voiced] + self.turn_closing_ids
         self.charge(t0)
-        return self._take()
 
     def clear(self) -> List[SessionEvent]:
         """Forget the user turn being listened to (OpenAI's input_audio_buffer.clear): it is
@@ -744,6 +756,8 @@ class DuplexSession:
             self._in_speech = True
             self._vad_started_here = True
             self.event("speech_started", at=round(when, 4))
+            if self.options.interrupt_on_speech and self.answer is not None:
+                self._cancel_answer()
         else:
             self._in_speech = False
             self.event("speech_stopped", at=round(when, 4))

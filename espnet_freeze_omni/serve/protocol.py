@@ -10,7 +10,8 @@ configured with `session.update` {"session": {"type": "realtime", "instructions"
     turn_detection null          turn_detection="manual", vad=False: only commit ends a turn
     {"type": "server_vad"}       turn_detection="vad": the turn ends when the VAD hears
                                  silence_duration_ms of silence (threshold, prefix_padding_ms
-                                 = the replay, interrupt_response = barge-in)
+                                 = the replay, interrupt_response (default true) = the
+                                 answer stops at the user's speech start: interrupt_on_speech)
     {"type": "semantic_vad"}     turn_detection="state_head" (the default, the paper): the
                                  model's state head ends the turn; eagerness sets the fallback
                                  commit after silence (low 8 s, medium/auto 4 s, high 2 s)
@@ -43,6 +44,7 @@ EXTENSION_OPTIONS = {
     "vad_replay_s": (float,),
     "min_turn_chunks": (int, type(None)),
     "barge_in": (bool,),
+    "interrupt_on_speech": (bool,),
     "max_new_tokens": (int, type(None)),
     "max_turn_seconds": (float,),
 }
@@ -94,6 +96,8 @@ class SessionConfig:
                 options["vad_min_silence_s"] = detection["silence_duration_ms"] / 1000.0
             if detection.get("prefix_padding_ms") is not None:
                 options["vad_replay_s"] = detection["prefix_padding_ms"] / 1000.0
+            # as the API's server VAD: an answer stops when the user starts speaking
+            options["interrupt_on_speech"] = detection.get("interrupt_response") is not False
         else:  # semantic_vad: the state head
             options.update(vad=True, turn_detection="state_head",
                            commit_after_silence_s=EAGERNESS_TIMEOUT_S[
