@@ -223,7 +223,7 @@ def test_driver_stages_1_to_4(synthetic_recipe):
     assert "Speed perturbation: off" in out
     # stage 3: every speech-input set at 16 kHz; the recipe has TTS sets (--tts_train_set
     # tts_train --tts_valid_set tts_dev), so they alone get 24 kHz; stage 4: filtered sets
-    for rate, sets in ((16000, ("train", "dev", "test", "qa_train", "qa_test")),
+    for rate, sets in ((16000, ("train", "dev", "test", "qa_train", "qa_test", "qa_test_unseen")),
                        (24000, ("tts_train", "tts_dev"))):
         for s in sets:
             d = recipe / f"dump/raw{rate // 1000}k" / s
@@ -254,9 +254,9 @@ def test_driver_stages_1_to_4(synthetic_recipe):
 def test_driver_skips_complete_stages(synthetic_recipe):
     recipe, _ = synthetic_recipe
     proc = bash("./run.sh --stage 1 --stop_stage 4", recipe, check=True)
-    assert "Stage 1: data/{train,dev,qa_train,test,qa_test,duplex_test,tts_train,tts_dev} " \
-        "complete" in proc.stdout
-    assert proc.stdout.count("complete; skipping") == 8 + 8  # 6 + 2 dumps, 6 + 2 filtered
+    assert "Stage 1: data/{train,dev,qa_train,test,qa_test,qa_test_unseen,duplex_test,tts_train," \
+        "tts_dev} complete" in proc.stdout
+    assert proc.stdout.count("complete; skipping") == 9 + 9  # 7 + 2 dumps, 7 + 2 filtered
 
 
 def test_driver_speed_perturbation(synthetic_recipe):

@@ -162,3 +162,84 @@ def pick_voice(index: int, voices: Optional[Iterable[str]] = None) -> dict:
         speed=(140, 160, 180, 200)[(index // len(voices)) % 4],
         pitch=(35, 50, 65)[(index // 7) % 3],
     )
+
+
+# --------------------------------------------------------------------------------------
+# held-out conditions: the qa_test_unseen test set (synthetic_world.unseen_test_plan)
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class HeldOutConditions:
+    """Voices, speeds, pitches and noises that no training set may use (the whole list of
+    what makes qa_test_unseen "unseen"; synthetic_world.check_held_out enforces it)."""
+
+    # espeak-ng voices: English accents no training set speaks, and "+variant" formant
+    # variants (espeak-ng-data/voices/!v/) no training voice uses, on a training accent or a
+    # new one. espeak-ng 1.51 ignores a variant on "en-gb" without a word (en-gb+m5 is en-gb),
+    # so the British one is "en+m5"; tests/test_unseen_voices.py checks each variant is heard
+    voices: Tuple[str, ...]
+    speeds: Tuple[int, ...]  # words per minute, all outside the training speed range
+    pitches: Tuple[int, ...]  # espeak-ng -p, all outside the training pitch range
+    # (kind, SNR dB): synthesized noise added to the whole utterance, trailing silence
+    # included; kind "clean" (no noise) keeps a noise-free measure of the unseen voices
+    noises: Tuple[Tuple[str, Optional[float]], ...]
+
+
+UNSEEN_TEST_CONDITIONS = HeldOutConditions(
+    voices=("en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc",
+            "en-us+f4", "en-us+m7", "en+m5", "en-029+f2", "en-gb-scotland+m2"),
+    speeds=(115, 125, 215, 230),
+    pitches=(20, 27, 74, 82),
+    noises=(("clean", None), ("white", 20.0), ("pink", 20.0)),
+)
+NOISE_KINDS = ("clean", "white", "pink")
+
+
+def voice_parts(voice: str) -> Tuple[str, Optional[str]]:
+    """'en-us+f4' -> ('en-us', 'f4'); 'en-029' -> ('en-029', None)."""
+    base, _, variant = voice.partition("+")
+    return base, variant or None
+
+
+def make_noise(kind: str, num_samples: int, seed: int | Tuple[int, ...]):
+    """`num_samples` of unit-power noise: "white" (flat spectrum) or "pink" (power 1/f,
+    shaped in the frequency domain); the same seed always gives the same samples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal(num_samples)
+    if kind == "white":
+        noise = white
+    elif kind == "pink":
+        spectrum = np.fft.rfft(white)
+        freqs = np.arange(len(spectrum), dtype=np.float64)
+        freqs[0] = 1.0  # no infinite DC gain
+        noise = np.fft.irfft(spectrum / np.sqrt(freqs), n=num_samples)
+        noise -= noise.mean()
+    else:
+        raise ValueError(f"noise kind must be white or pink, got {kind!r}")
+    power = float(np.mean(noise ** 2)) if num_samples else 0.0
+    return noise / np.sqrt(power) if power > 0 else noise
+
+
+def add_noise(wav_path: str | os.PathLike, kind: str, snr_db: float, speech_end: float,
+              seed: int | Tuple[int, ...]) -> float:
+    """Add `kind` noise to the whole of a 16-bit wav, in place, at `snr_db` relative to the
+    mean power of the speech (the samples before `speech_end` seconds); returns the SNR
+    achieved after 16-bit rounding and clipping, measured the same way."""
+    import numpy as np
+    import soundfile
+
+    wav_path = Path(wav_path)
+    audio, sr = soundfile.read(str(wav_path), dtype="float64")
+    if audio.ndim != 1:
+        raise ValueError(f"{wav_path}: add_noise takes mono audio, got {audio.shape[1]} channels")
+    end = min(len(audio), int(round(speech_end * sr)))
+    speech_power = float(np.mean(audio[:end] ** 2)) if end > 0 else 0.0
+    if speech_power <= 0:
+        raise ValueError(f"{wav_path}: no speech before {speech_end} s to set the noise level by")
+    noise = make_noise(kind, len(audio), seed) * np.sqrt(speech_power / 10 ** (snr_db / 10))
+    noisy = np.clip(audio + noise, -1.0, 32767 / 32768)
+    soundfile.write(str(wav_path), noisy, sr, subtype="PCM_16")
+    written, _ = soundfile.read(str(wav_path), dtype="float64")
+    residual = float(np.mean((written - audio) ** 2))
+    return 10 * np.log10(speech_power / residual) if residual > 0 else float("inf")

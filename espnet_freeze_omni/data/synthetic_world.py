@@ -33,6 +33,12 @@ speaks them into Kaldi data dirs `<out>/{train,dev,test,qa_train,qa_test,tts_tra
 at 16 kHz with `turn_info` (label 1 addressed / 2 side talk, speech end in seconds); every
 utterance of the ASR and QA sets ends with 0.6-1.0 s of silence so the turn end is learnable,
 every TTS utterance with TTS_TRAILING_SILENCE.
+
+(g) `qa_test_unseen` (make_corpus, unless unseen_test is off): the qa_test utterances (same
+    ids, texts, labels, trailing silences and reference answers) spoken in held-out voices,
+    speeds, pitches and synthesized noise that no spoken set of the corpus uses
+    (espeak.UNSEEN_TEST_CONDITIONS; check_held_out refuses an overlap), from a random stream
+    of its own: every other set is byte-identical with or without it.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from espnet_freeze_omni.data.espeak import pick_voice
+from espnet_freeze_omni.data.espeak import HeldOutConditions, pick_voice
 from espnet_freeze_omni.scoring.numbers import number_to_words
 
 JOBS = ("baker", "pilot", "teacher", "doctor", "farmer", "painter", "nurse", "engineer",
@@ -300,6 +306,8 @@ class Corpus:
     side_talk_test: List[str]
     spoken: Dict[str, List[Utterance]]  # data set -> utterances
     repeat_train: List[dict] = dataclasses.field(default_factory=list)  # copy dialogs
+    # qa_test re-spoken in held-out conditions (make_corpus fills it: unseen_test_plan)
+    unseen_test: List["UnseenUtterance"] = dataclasses.field(default_factory=list)
 
 
 def _extra_answers(world: World, rng: random.Random, count: int) -> List[str]:
@@ -523,16 +531,24 @@ def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
 def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusSizes(),
                 text_only: bool = False, wav_dir: Optional[str | Path] = None,
                 num_workers: int = 2, sample_rate: int = 16000,
-                sets: Optional[Sequence[str]] = None) -> Corpus:
-    """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs."""
+                sets: Optional[Sequence[str]] = None, unseen_test: bool = True) -> Corpus:
+    """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs; with
+    unseen_test, also `<out>/qa_test_unseen` (qa_test in held-out conditions) and its
+    `local/world/qa_test_unseen_refs.jsonl` and `utterances_qa_test_unseen.tsv`."""
     from espnet_freeze_omni.data.datadir import SpokenTurn, synthesize_turn_datadir
 
-    unknown = sorted(set(sets or ()) - set(SPOKEN_SETS))
+    known = SPOKEN_SETS + ((UNSEEN_TEST_SET,) if unseen_test else ())
+    unknown = sorted(set(sets or ()) - set(known))
     if unknown:
-        raise ValueError(f"unknown data set(s) {unknown}: choose from {' '.join(SPOKEN_SETS)}")
+        off = " (unseen_test is off)" if UNSEEN_TEST_SET in unknown else ""
+        raise ValueError(f"unknown data set(s) {unknown}{off}: choose from {' '.join(known)}")
     out_dir = Path(out_dir)
     corpus = generate_corpus(seed, sizes)
     write_corpus_texts(corpus, out_dir / "local" / "world")
+    if unseen_test:
+        check_held_out(corpus)
+        corpus.unseen_test = unseen_test_plan(corpus, seed)
+        write_unseen_test_texts(corpus, out_dir / "local" / "world")
     if text_only:
         return corpus
     wav_root = Path(wav_dir) if wav_dir else out_dir / "local" / "wav"
@@ -545,4 +561,159 @@ def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusS
                             u.pause) for u in utts]
         synthesize_turn_datadir(turns, out_dir / name, wav_root / name, sample_rate,
                                 num_workers)
+    if unseen_test and (sets is None or UNSEEN_TEST_SET in sets) and corpus.unseen_test:
+        synthesize_unseen_test(corpus.unseen_test, out_dir / UNSEEN_TEST_SET,
+                               wav_root / UNSEEN_TEST_SET, seed, sample_rate, num_workers)
     return corpus
+
+
+# --------------------------------------------------------------------------------------
+# qa_test_unseen: the qa_test questions and side talk in held-out voices and noise
+# --------------------------------------------------------------------------------------
+UNSEEN_TEST_SET = "qa_test_unseen"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnseenUtterance:
+    """A qa_test utterance (same id, text, label, trailing silence) in held-out conditions."""
+
+    utt_id: str
+    text: str
+    label: int
+    voice: str
+    speed: int
+    pitch: int
+    noise: str  # "clean", "white" or "pink" (espeak.NOISE_KINDS)
+    snr_db: Optional[float]  # None when clean
+    trailing_silence: float
+    pause: Optional[Tuple[int, float]] = None
+
+    @property
+    def condition(self) -> str:
+        """The speaker id of data/qa_test_unseen: every condition of the utterance."""
+        noise = self.noise if self.snr_db is None else f"{self.noise}{self.snr_db:g}dB"
+        return f"unseen-{self.voice}-s{self.speed}-p{self.pitch}-{noise}".replace("+", "_")
+
+
+def unseen_test_plan(corpus: Corpus, seed: int,
+                     conditions: Optional[HeldOutConditions] = None) -> List[UnseenUtterance]:
+    """Every qa_test utterance, in the same order, with a held-out voice (in turn), speed,
+    pitch and noise (drawn from a random stream of its own: the other sets and qa_test stay
+    the same with or without this set)."""
+    from espnet_freeze_omni.data.espeak import NOISE_KINDS, UNSEEN_TEST_CONDITIONS
+
+    c = conditions or UNSEEN_TEST_CONDITIONS
+    for kind, snr in c.noises:
+        if kind not in NOISE_KINDS or (kind == "clean") != (snr is None):
+            raise ValueError(f"held-out noise ({kind!r}, {snr!r}): give ('clean', None) or "
+                             "('white' or 'pink', SNR in dB)")
+    rng = random.Random(f"freeze-omni-unseen-test-{seed}")
+    plan = []
+    for i, u in enumerate(corpus.spoken["qa_test"]):
+        noise, snr = rng.choice(c.noises)
+        plan.append(UnseenUtterance(u.utt_id, u.text, u.label, c.voices[i % len(c.voices)],
+                                    rng.choice(c.speeds), rng.choice(c.pitches), noise, snr,
+                                    u.trailing_silence, u.pause))
+    return plan
+
+
+def training_conditions(corpus: Corpus) -> Dict[str, set]:
+    """The voices, espeak-ng variants, accents (voices without their variant), speeds,
+    pitches and noises of every spoken set of the corpus (training sets and the in-domain
+    test sets alike: the corpus adds no noise, hence {"clean"})."""
+    from espnet_freeze_omni.data.espeak import voice_parts
+
+    picked = [pick_voice(u.voice_index) for utts in corpus.spoken.values() for u in utts]
+    voices = {v["voice"] for v in picked}
+    return dict(voices=voices,
+                accents={voice_parts(v)[0] for v in voices},
+                variants={voice_parts(v)[1] for v in voices} - {None},
+                speeds={v["speed"] for v in picked},
+                pitches={v["pitch"] for v in picked},
+                noises={"clean"})
+
+
+def held_out_overlaps(corpus: Corpus, conditions: Optional[HeldOutConditions] = None
+                      ) -> List[str]:
+    """What of the held-out conditions the corpus' spoken sets also use (empty: none). A
+    held-out voice overlaps when a training voice is the same, uses its variant, or (a
+    voice without variant) speaks its accent; a speed or pitch when it is inside the
+    training range; a noise (other than clean) when training uses it."""
+    from espnet_freeze_omni.data.espeak import UNSEEN_TEST_CONDITIONS, voice_parts
+
+    c = conditions or UNSEEN_TEST_CONDITIONS
+    seen = training_conditions(corpus)
+    problems = []
+    for voice in c.voices:
+        accent, variant = voice_parts(voice)
+        if voice in seen["voices"]:
+            problems.append(f"voice {voice} is a training voice")
+        elif variant is not None and variant in seen["variants"]:
+            problems.append(f"voice {voice}: variant +{variant} is used in training")
+        elif variant is None and accent in seen["accents"]:
+            problems.append(f"voice {voice}: accent {accent} is spoken in training")
+    for name in ("speeds", "pitches"):
+        lo, hi = min(seen[name]), max(seen[name])
+        problems += [f"{name[:-1] if name == 'speeds' else 'pitch'} {x} is inside the "
+                     f"training range {lo}-{hi}" for x in getattr(c, name) if lo <= x <= hi]
+    problems += [f"noise {kind} is used in training" for kind, _ in c.noises
+                 if kind != "clean" and kind in seen["noises"]]
+    return problems
+
+
+def check_held_out(corpus: Corpus, conditions: Optional[HeldOutConditions] = None) -> None:
+    problems = held_out_overlaps(corpus, conditions)
+    if problems:
+        raise ValueError(
+            "espnet_freeze_omni/data/espeak.py UNSEEN_TEST_CONDITIONS overlaps the training "
+            f"conditions (espeak.VOICES / pick_voice): {'; '.join(problems)}")
+
+
+UNSEEN_README = """
+qa_test_unseen_refs.jsonl  the reference answers of data/{set} (a copy of qa_test_refs.jsonl:
+                      same ids, questions and side talk as qa_test)
+utterances_{set}.tsv  utt_id, turn label, voice, speed, pitch, noise, SNR dB (- when clean),
+                      trailing silence, pause, text of data/{set}: qa_test spoken in
+                      conditions no training set uses (espeak.UNSEEN_TEST_CONDITIONS)
+"""
+
+
+def write_unseen_test_texts(corpus: Corpus, world_dir: str | Path) -> None:
+    world_dir = Path(world_dir)
+    _write_jsonl(world_dir / f"{UNSEEN_TEST_SET}_refs.jsonl", corpus.qa_test_refs)
+    with open(world_dir / f"utterances_{UNSEEN_TEST_SET}.tsv", "w", encoding="utf-8") as f:
+        for u in corpus.unseen_test:
+            pause = f"{u.pause[0]}:{u.pause[1]:.2f}" if u.pause else "-"
+            snr = "-" if u.snr_db is None else f"{u.snr_db:g}"
+            f.write(f"{u.utt_id}\t{u.label}\t{u.voice}\t{u.speed}\t{u.pitch}\t{u.noise}\t{snr}\t"
+                    f"{u.trailing_silence:.2f}\t{pause}\t{u.text}\n")
+    with open(world_dir / "README.txt", "a", encoding="utf-8") as f:
+        f.write(UNSEEN_README.format(set=UNSEEN_TEST_SET))
+
+
+def synthesize_unseen_test(plan: Sequence[UnseenUtterance], data_dir: str | Path,
+                           wav_dir: str | Path, seed: int, sample_rate: int = 16000,
+                           num_workers: int = 2) -> Path:
+    """Speak the plan into a data dir with turn_info. The speech end is measured on the
+    clean synthesis (as for qa_test) before the noise is added over the whole utterance
+    (its trailing silence included; each utterance's noise seeded by seed and utt id)."""
+    import zlib
+
+    from espnet_freeze_omni.data.datadir import (read_kaldi_map, speech_end_seconds,
+                                                 write_turn_info)
+    from espnet_freeze_omni.data.espeak import SpokenUtterance, add_noise, synthesize_datadir
+
+    data_dir = Path(data_dir)
+    utts = [SpokenUtterance(u.utt_id, u.text, u.condition, u.voice, u.speed, u.pitch,
+                            u.trailing_silence, u.pause) for u in plan]
+    synthesize_datadir(utts, data_dir, wav_dir, sample_rate=sample_rate, num_workers=num_workers)
+    wav = read_kaldi_map(data_dir / "wav.scp")
+    turns = {}
+    for u in plan:
+        end = speech_end_seconds(wav[u.utt_id])
+        if u.noise != "clean":
+            add_noise(wav[u.utt_id], u.noise, u.snr_db, end,
+                      seed=(seed % (1 << 32), zlib.crc32(u.utt_id.encode("utf-8"))))
+        turns[u.utt_id] = (u.label, end)
+    write_turn_info(data_dir / "turn_info", turns)
+    return data_dir

@@ -4,7 +4,8 @@ Each scorer run leaves one `metric.json` under `<score_root>/<test_set>/<metric>
 `write_metric`); `write_results` gathers them, so stages can be scored independently and a
 missing decode simply shows as "n/a". Top-level figures in results.json come from the
 primary test set (the first of `test_sets` that has the metric); every test set has its
-own table in RESULTS.md.
+own table in RESULTS.md. The state head's rates on each QA test set (TURN_RATES, from its
+turn_end_f1 details) are `turn_rates` in results.json and one table in RESULTS.md.
 """
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ METRICS: Dict[str, tuple] = {
 ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")
 QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out")
 DUPLEX_METRICS = tuple(m for m in METRICS if m.startswith("duplex_"))
+# the state head's plain rates on a QA test set (percent), from the details of its
+# turn_end_f1 (scoring/turn_end.py): results.json key -> (details key, what it is)
+TURN_RATES: Dict[str, tuple] = {
+    "turn_answered": ("answered", "share of the addressed questions the state head said "
+                      "respond to (higher is better)"),
+    "turn_premature": ("premature", "share of the addressed questions answered before the "
+                       "reference speech end: the user cut off (lower is better)"),
+    "turn_never_decided": ("never_decided", "share of the addressed questions the state head "
+                           "never judged finished: silence (lower is better)"),
+    "side_talk_ignored": ("not_addressed_ignored", "share of the side talk the state head did "
+                          "not respond to (higher is better)"),
+}
 
 
 def write_metric(out_dir: str | os.PathLike, metric: str, test_set: str, value: float,
@@ -159,6 +172,16 @@ def build_results(found: Dict[str, Dict[str, dict]], test_sets: Sequence[str] = 
         if "qa_acc_speech_in" in m:
             gap["items"] = _differing_answers(m["qa_acc_text_in"], m["qa_acc_speech_in"])
         results["modality_gap"].append(gap)
+    # {test set: {turn_answered, turn_premature, turn_never_decided, side_talk_ignored,
+    # num_addressed, num_side_talk}} for every set whose turn_end_f1 has the rates
+    results["turn_rates"] = {}
+    for t in order:
+        d = found[t].get("turn_end_f1", {}).get("details", {})
+        if all(key in d for key, _ in TURN_RATES.values()):
+            results["turn_rates"][t] = {name: round(d[key], 2)
+                                        for name, (key, _) in TURN_RATES.items()}
+            results["turn_rates"][t].update(num_addressed=d.get("num_addressed"),
+                                            num_side_talk=d.get("num_not_addressed"))
     results["scorers"] = {m["scorer"]: m.get("scorer_name", m["scorer"])
                           for t in found.values() for m in t.values()}
     results["per_test_set"] = {t: {k: {kk: vv for kk, vv in v.items() if kk != "path"}
@@ -243,6 +266,18 @@ def render_markdown(results: dict, title: str = "RESULTS", exp_dir: str = "exp")
                              "answer differs from the text-in answer (listed in results.json, "
                              "`modality_gap[].items`)")
         lines.append("")
+    if results.get("turn_rates"):
+        lines += ["### state head on the QA test sets (% of the addressed questions; side talk: "
+                  "% of side talk)", "",
+                  "|test set|addressed|answered|premature|never decided|side talk|"
+                  "side talk ignored|", "|---|---|---|---|---|---|---|"]
+        for t, r in results["turn_rates"].items():
+            lines.append(f"|{t}|{_fmt(r['num_addressed'])}|{_fmt(r['turn_answered'])}|"
+                         f"{_fmt(r['turn_premature'])}|{_fmt(r['turn_never_decided'])}|"
+                         f"{_fmt(r['num_side_talk'])}|{_fmt(r['side_talk_ignored'])}|")
+        lines += [""] + [f"- `{name}`: {what}" for name, (_, what) in TURN_RATES.items()] + [
+            "- premature: decision time (stream seconds from the turn start) before the speech "
+            "end of data/<set>/turn_info, no tolerance", ""]
     if results["scorers"]:
         lines += ["Scorers:"] + [f"- `{k}`: {v}" for k, v in sorted(results["scorers"].items())]
         lines.append("")

@@ -11,6 +11,15 @@ A response (predicted 1) on an addressed utterance is a hit when it comes no ear
 `late_tolerance` after it. Every predicted response that is not a hit is a false positive;
 every addressed utterance without a hit is a false negative (so a response outside the
 window counts as both). An utterance with no prediction counts as "never decided".
+
+Besides the event F1, the state head's plain rates (percent), without tolerance windows:
+- answered: share of the addressed utterances it said respond to (predicted 1, at any time);
+- premature: share of the addressed utterances it said respond to before the reference
+  speech end (predicted time < speech end: the user would be cut off); a subset of answered;
+- never_decided: share of the addressed utterances with predicted label 0 or no prediction
+  (in a live dialogue: silence); the rest of the addressed ones it judged not addressed;
+- side talk ignored: share of the not-addressed utterances it did not respond to
+  (`not_addressed_ignored`).
 """
 from __future__ import annotations
 
@@ -38,6 +47,13 @@ class TurnEndScore:
     mean_latency: Optional[float]  # seconds from speech end to response, over hits
     num_missing_predictions: int
     outcomes: Dict[str, str]  # utt -> hit / early / late / missed / answered_side_talk / ignored
+    # plain rates of the state head on the addressed utterances, percent (module docstring)
+    answered: float = 0.0
+    premature: float = 0.0
+    never_decided: float = 0.0
+    num_answered: int = 0
+    num_premature: int = 0
+    num_never_decided: int = 0
 
     def summary(self) -> dict:
         d = dataclasses.asdict(self)
@@ -58,10 +74,16 @@ def score_turn_end(
     latencies: List[float] = []
     outcomes: Dict[str, str] = {}
     addressed = not_addressed = ignored = 0
+    answered = premature = never_decided = 0
     for utt, (ref_label, ref_end) in sorted(reference.items()):
         pred_label, pred_time = predicted.get(utt, (0, -1.0))
+        if pred_label not in (0, 1, 2):
+            raise ValueError(f"predicted label of {utt} must be 0, 1 or 2, got {pred_label}")
         if ref_label == 1:
             addressed += 1
+            answered += pred_label == 1
+            premature += pred_label == 1 and pred_time < ref_end
+            never_decided += pred_label == 0
             if pred_label != 1:
                 fn += 1
                 outcomes[utt] = "missed"
@@ -106,4 +128,14 @@ def score_turn_end(
         mean_latency=statistics.fmean(latencies) if latencies else None,
         num_missing_predictions=len(set(reference) - set(predicted)),
         outcomes=outcomes,
+        answered=_percent(answered, addressed),
+        premature=_percent(premature, addressed),
+        never_decided=_percent(never_decided, addressed),
+        num_answered=answered,
+        num_premature=premature,
+        num_never_decided=never_decided,
     )
+
+
+def _percent(count: int, total: int) -> float:
+    return 100.0 * count / total if total else 0.0

@@ -2,6 +2,8 @@
 # The embedded Freeze-Omni recipe: a generated world of facts spoken by espeak-ng, a tiny
 # LLM trained on it, and the whole speech-in/speech-out pipeline on 2 CPU cores. The codec
 # and the speech decoder learn from tts_train/tts_dev: assistant answers in one voice.
+# qa_test_unseen is qa_test spoken in voices, speeds, pitches and noise no training set uses
+# (README: "Held-out voices"); each QA test set has its refs in data/local/world/<set>_refs.jsonl.
 # Nothing is downloaded. `./run.sh --stage N --stop_stage M`; options: ./freeze_omni.sh --help
 set -euo pipefail
 . ./db.sh   # LLM_DIR, when set, is your local model dir for the frozen LLM
@@ -11,9 +13,9 @@ set -euo pipefail
     --valid_set dev \
     --test_sets "test" \
     --qa_train_set qa_train \
-    --qa_test_sets "qa_test" \
+    --qa_test_sets "qa_test qa_test_unseen" \
     --qa_train_dialogs data/local/world/qa_train.jsonl \
-    --qa_test_refs data/local/world/qa_test_refs.jsonl \
+    --qa_test_refs "data/local/world/{set}_refs.jsonl" \
     --tts_train_set tts_train \
     --tts_valid_set tts_dev \
     --nj 2 \

@@ -8,7 +8,11 @@
 # items per scenario (pause inside a question, smooth turn end, a second question over the
 # answer, side talk), with duplex_info (scenario and times measured on the audio); the
 # recipe decodes it with the duplex runner (stage 15) and scores its take-over rates and
-# latencies (stage 16). Nothing is downloaded.
+# latencies (stage 16). With --unseen_test true (the default), also data/qa_test_unseen: the
+# qa_test questions and side talk (same ids; references data/local/world/qa_test_unseen_refs.jsonl)
+# spoken in voices, speeds, pitches and noise no training set uses (listed in the README and in
+# espnet_freeze_omni/data/espeak.py UNSEEN_TEST_CONDITIONS); `local/data.sh --sets
+# qa_test_unseen` makes only it. Nothing is downloaded.
 set -euo pipefail
 
 seed=0
@@ -31,8 +35,10 @@ num_tts_dev=100
 num_repeat_train=1500     # "Repeat after me: ..." text dialogs (the LLM learns to copy)
 num_duplex_test=25        # data/duplex_test: items per duplex scenario (4 scenarios; 25 make
                           # 100 items, 11 min of audio: ~3 s to speak; 0: no duplex set)
+unseen_test=true          # data/qa_test_unseen: qa_test in held-out voices, speeds, pitches, noise
 sets=""                   # speak only these data dirs, comma separated (e.g. tts_train,tts_dev,
-                          # duplex_test); empty: all. The text artifacts are always (re)written.
+                          # duplex_test,qa_test_unseen); empty: all. The text artifacts are
+                          # always (re)written.
 nj=2
 help_message="Usage: local/data.sh [--seed 0] [--num_train 2000] ... (see the variables in $0)"
 . utils/parse_options.sh
@@ -52,7 +58,7 @@ python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${see
     --num_people "${num_people}" --num_countries "${num_countries}" \
     --num_tts_train "${num_tts_train}" --num_tts_dev "${num_tts_dev}" \
     --num_repeat_train "${num_repeat_train}" ${corpus_sets:+--sets "${corpus_sets}"} \
-    --text_only "${text_only}" --nj "${nj}"
+    --text_only "${text_only}" --unseen_test "${unseen_test}" --nj "${nj}"
 
 if [ "${num_duplex_test}" -gt 0 ] && { [ -z "${sets}" ] || [[ ",${sets}," == *",duplex_test,"* ]]; }; then
     rm -rf data/duplex_test data/local/wav/duplex_test
