@@ -378,7 +378,7 @@ def test_a_pause_inside_a_turn_continues_the_same_turn(s2s, spoken, scripted_hea
     loud = np.flatnonzero(np.abs(wav) > 0.02 * np.abs(wav).max())
     end_of_speech = (loud[-1] + 1) / RATE
     session = scripted_head([(end_of_speech + 0.1, end_of_speech + 0.3, STATE_RESPOND)],
-                            vad=True, vad_replay_s=0.96)
+                            vad=True, vad_replay_s=0.96, vad_min_silence_s=0.5)
     events, _ = run_duplex(session, wav)
     assert len(of(events, "speech_started")) == 2
     ended = of(events, "turn_ended")
@@ -451,10 +451,10 @@ def _wav_bytes(pcm):
 def test_commit_after_silence_answers_an_undecided_turn(s2s, spoken, scripted_head):
     first, _ = spoken
     wav = np.concatenate([np.zeros(RATE), first, np.zeros(3 * RATE)]).astype(np.float32)
-    waiting = scripted_head([], vad=True)  # the head never decides
+    waiting = scripted_head([], vad=True, vad_min_silence_s=0.5)  # the head never decides
     events, _ = run_duplex(waiting, wav)
     assert not of(events, "turn_ended")
-    fallback = scripted_head([], vad=True, commit_after_silence_s=1.0)
+    fallback = scripted_head([], vad=True, vad_min_silence_s=0.5, commit_after_silence_s=1.0)
     events, _ = run_duplex(fallback, wav)
     stopped, ended = of(events, "speech_stopped"), of(events, "turn_ended")
     assert len(ended) == 1 and ended[0].data["forced"]
@@ -477,10 +477,11 @@ def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, s
 
     s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking then
     try:
-        playing = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40)
+        playing = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
+                                vad_min_silence_s=0.3)
         events, _ = run_duplex(playing, wav)
         stopping = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
-                                 interrupt_on_speech=True)
+                                 vad_min_silence_s=0.3, interrupt_on_speech=True)
         stopped_events, _ = run_duplex(stopping, wav)
     finally:
         s2s.synthesizer.max_tokens = 30
@@ -501,3 +502,36 @@ def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, s
         answer_ids(events)[:cut[0].data["voiced_tokens"]]
     with pytest.raises(ValueError, match="interrupt_on_speech"):
         s2s.session(vad=False, interrupt_on_speech=True)
+
+
+def test_vad_lets_the_state_head_hear_two_seconds_of_silence(s2s, spoken, scripted_head):
+    """With the state head taking turns the VAD waits 2 s (the authors' setting) before it
+    says the speech stopped, and the LLM hears that silence: a head that needs 1 s of it
+    still answers. With turn_detection="vad" the VAD's own turn end comes after 0.5 s."""
+    first, _ = spoken
+    wav = np.concatenate([np.zeros(RATE), first, np.zeros(3 * RATE)]).astype(np.float32)
+    first_end = (RATE + len(first)) / RATE
+    session = scripted_head([(first_end + 1.0, first_end + 1.3, STATE_RESPOND)], vad=True)
+    assert session.options.vad_min_silence_s == 2.0
+    events, _ = run_duplex(session, wav)
+    ended = of(events, "turn_ended")
+    assert len(ended) == 1 and not ended[0].data["forced"]
+    assert ended[0].time == pytest.approx(first_end + 1.0, abs=0.35)
+    assert s2s.session(vad=True, turn_detection="vad").options.vad_min_silence_s == 0.5
+
+
+def test_commit_after_the_head_decided_in_the_last_tick(s2s, spoken, scripted_head):
+    """commit() listens to the audio not yet making up a tick first; a decision the state
+    head takes there is kept (respond: answered once), an "ignore" there is overruled by
+    the explicit commit."""
+    first, _ = spoken
+    wav = np.concatenate([np.zeros(RATE), first]).astype(np.float32)
+    for state in (STATE_RESPOND, STATE_IGNORE):
+        session = scripted_head(lambda sess, state=state: state if sess._pending.size == 0
+                                and sess.consumed == len(wav) else STATE_LISTEN, vad=False)
+        events = feed_in(session, wav, 999)
+        assert not of(events, "turn_ended") and len(session._pending) > 0
+        events += session.commit()
+        ended = of(events, "turn_ended")
+        assert len(ended) == 1 and ended[0].data["forced"] == (state == STATE_IGNORE)
+        assert len(session.turns) == 1

@@ -71,7 +71,9 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--system_role", type=str_or_none, default=None)
     group.add_argument("--vad", type=str2bool, default=True)
     group.add_argument("--vad_threshold", type=float, default=0.5)
-    group.add_argument("--vad_min_silence_s", type=float, default=0.5)
+    group.add_argument("--vad_min_silence_s", type=float, default=None,
+                       help="default: 2 s (the state head judges the silence), 0.5 s with "
+                            "--turn_detection vad")
     group.add_argument("--vad_replay_s", type=float, default=0.96)
     group.add_argument("--turn_detection", default="state_head",
                        choices=("state_head", "vad", "manual"))

@@ -110,7 +110,10 @@ class SessionOptions:
     system_role: Optional[str] = None  # the system prompt; None: the chat template's default
     vad: bool = True
     vad_threshold: float = 0.5
-    vad_min_silence_s: float = 0.5
+    # silence the VAD waits before it says the speech stopped; the LLM hears it all, so with
+    # the state head taking turns it is how much silence the head may judge (None: 2 s as
+    # the authors' server; 0.5 s with turn_detection="vad", where it is the turn end)
+    vad_min_silence_s: Optional[float] = None
     vad_replay_s: float = 0.96  # 6 chunks, as the authors' server
     turn_detection: str = "state_head"
     # the first chunks of a turn cannot end it: by default the replayed ones with VAD (the
@@ -143,6 +146,8 @@ class SessionOptions:
             raise ValueError("turn_detection='vad' needs vad=True")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if self.vad_min_silence_s is None:
+            self.vad_min_silence_s = 0.5 if self.turn_detection == "vad" else 2.0
         if self.vad_min_silence_s < 0 or self.vad_replay_s < 0:
             raise ValueError("vad_min_silence_s and vad_replay_s must be >= 0")
         if self.interrupt_on_speech and not (self.vad and self.barge_in):
@@ -626,13 +631,20 @@ class DuplexSession:
         if self._flushed:
             raise RuntimeError("commit() after flush(): the session's input has ended")
         tail, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        heard, answers = self.listening, self._answers
+        # the last tick (and the silence replayed before it) may make the state head decide
         self._tick(tail, final=True)
-        if self.listening is None and self._unfed:
-            self._open_branch(replay=True)
-        branch = self.listening
-        if branch is None or branch.num_audio == 0:
-            raise ValueError("commit(): no user audio has been heard since the last turn")
-        self._decide(STATE_RESPOND, forced=True)
+        if self._answers != answers:
+            pass  # it said respond: the turn is being answered already
+        else:
+            if self.listening is None and heard is not None:
+                self.listening = heard  # it said ignore: the explicit commit overrules it
+            if self.listening is None and self._unfed:
+                self._open_branch(replay=True)
+            branch = self.listening
+            if branch is None or branch.num_audio == 0:
+                raise ValueError("commit(): no user audio has been heard since the last turn")
+            self._decide(STATE_RESPOND, forced=True)
         if self.options.answer_in_feed:
             self._catch_up(None if self.options.clock == "audio" else self.clock)
         return self._take()
