@@ -422,10 +422,14 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     assert "### duplex_test" in md and "|duplex_pause_tor|" in md
     # a state head that answers no turn leaves speech_out empty: stage 16 says so and goes
     # on, the CER is n/a and the unanswered turns count against qa_acc_speech_out
-    for name in ("text", "asr_text"):
-        (recipe / f"exp/decode/qa_test/speech_out/{name}").write_text("")
+    # (every QA test set: the headline figure is the first set's that has one)
+    qa_sets = ("qa_test", "qa_test_unseen")
+    for qa_set in qa_sets:
+        for name in ("text", "asr_text"):
+            (recipe / f"exp/decode/{qa_set}/speech_out/{name}").write_text("")
     proc = bash("./run.sh --stage 16 --stop_stage 16", recipe, check=True)
-    assert "qa_test: no spoken answers (the state head answered no turn)" in proc.stdout
+    for qa_set in qa_sets:
+        assert f"{qa_set}: no spoken answers (the state head answered no turn)" in proc.stdout
     results = json.loads((recipe / "exp/results.json").read_text())
     assert results["speech_out_cer"] is None and results["qa_acc_speech_out"] == 0.0
     # stage 17: the packed zip decodes a first turn as stage 15 did from the model files:
