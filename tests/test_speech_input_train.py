@@ -465,3 +465,30 @@ def test_step_benchmark_runs_both_paths_on_a_trained_stage(stage_dirs, capsys):
     assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-4, out
     assert "SpokenDialogModel" in out and re.search(r"shared chat prefix \d+ tokens", out)
     assert re.search(r"ratio training/full \d+\.\d+", out)
+
+
+def test_answer_follows_audio_cut_after_the_turn_end():
+    """answer_at_random_turn_end: in training an addressed turn's audio is cut at a chunk
+    end between the first `respond` chunk and the recording's end (every such chunk drawn);
+    side talk, evaluation and the option off keep the whole audio."""
+    import types
+
+    from espnet_freeze_omni.models.speech_input import SpokenDialogModel
+
+    fake = types.SimpleNamespace(training=True, answer_at_random_turn_end=True,
+                                 embeddings_per_chunk=2, turn_end_delay=0.32,
+                                 chunk_seconds=0.16)
+    lengths = torch.tensor([40, 40, 33])  # 20, 20 and 17 chunks of 2 embeddings
+    turn_info = torch.tensor([[1.0, 1.0], [2.0, 1.0], [1.0, 2.6]])
+    torch.manual_seed(0)
+    cuts = torch.stack([SpokenDialogModel.answered_audio_lengths(fake, lengths, turn_info)
+                        for _ in range(400)])
+    first = int(np.ceil((1.0 + 0.32) / 0.16))  # chunk 9: the first labelled respond
+    assert set(cuts[:, 0].tolist()) == {2 * c for c in range(first, 21)}
+    assert set(cuts[:, 1].tolist()) == {40}  # side talk: whole
+    # the turn end lies past the last whole chunk: the whole (odd-length) audio is kept
+    assert set(cuts[:, 2].tolist()) == {33}
+    for change in (dict(training=False), dict(answer_at_random_turn_end=False)):
+        off = types.SimpleNamespace(**{**vars(fake), **change})
+        assert torch.equal(SpokenDialogModel.answered_audio_lengths(off, lengths, turn_info),
+                           lengths)

@@ -344,6 +344,7 @@ class LLMASRModel(EncoderCTCModel):
                 "keep --use_preprocessor true and give --llm_conf path=<LLM dir>"
             )
         audio, audio_lengths, enc, enc_lengths = self.audio_embeddings(speech, speech_lengths)
+        audio_lengths = self.answered_audio_lengths(audio_lengths, kwargs.get("turn_info"))
         inputs, mask, labels, audio_start = self.assemble(
             llm_prefix, llm_prefix_lengths, audio, audio_lengths,
             llm_suffix, llm_suffix_lengths, llm_target, llm_target_lengths,
@@ -368,6 +369,12 @@ class LLMASRModel(EncoderCTCModel):
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, speech.shape[0]), loss.device)
         return loss, stats, weight
+
+    def answered_audio_lengths(self, audio_lengths: torch.Tensor,
+                               turn_info: Optional[torch.Tensor]) -> torch.Tensor:
+        """How much of each utterance's audio the answer follows: all of it (stage 3 may
+        cut it, see SpokenDialogModel)."""
+        return audio_lengths
 
     def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
                       batch) -> dict:
@@ -462,6 +469,7 @@ class SpokenDialogModel(LLMASRModel):
         prompt_num: int = 25,
         state_weight: float = 1.0,
         turn_end_delay: float = 0.32,
+        answer_at_random_turn_end: bool = False,
         frame_shift: float = 0.01,
         distill_weight: float = 0.0,
         distill_hidden_weight: float = 0.0,
@@ -477,6 +485,7 @@ class SpokenDialogModel(LLMASRModel):
         self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
         self.state_weight = state_weight
         self.turn_end_delay = turn_end_delay
+        self.answer_at_random_turn_end = answer_at_random_turn_end
         self.frame_shift = frame_shift
 
     def before_audio(self, batch_size: int, device: torch.device, task: str = "default") -> torch.Tensor:
@@ -511,6 +520,28 @@ class SpokenDialogModel(LLMASRModel):
     def state_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Softmax-ready logits over the 3 used states."""
         return self.predictor_head(hidden)[..., :3]
+
+    def answered_audio_lengths(self, audio_lengths: torch.Tensor,
+                               turn_info: Optional[torch.Tensor]) -> torch.Tensor:
+        """With `answer_at_random_turn_end`, in training: each addressed turn's audio is cut
+        at a chunk end drawn uniformly between the first chunk labelled respond and the end
+        of the recording, and the answer follows there. A live session answers when its
+        state head says respond, often 0.3-0.6 s after the speech ended, while the corpus'
+        recordings all end in the same trailing silence: a model trained only on whole
+        recordings has never been asked to answer that early (on the embedded recipe it then
+        answered 15 % of the spoken questions through the session against 95 % offline).
+        The encoder is chunk-causal, so cutting its output equals cutting the audio."""
+        if not (self.training and self.answer_at_random_turn_end) or turn_info is None:
+            return audio_lengths
+        per = self.embeddings_per_chunk
+        turn_info = turn_info.float()
+        first = torch.ceil((turn_info[:, 1] + self.turn_end_delay) / self.chunk_seconds).long()
+        n_chunks = (audio_lengths + per - 1) // per
+        first = torch.minimum(first.clamp(min=1), n_chunks)
+        draw = torch.rand(first.shape, device=first.device)
+        cut = first + (draw * (n_chunks - first + 1).float()).long().clamp(max=n_chunks - first)
+        addressed = turn_info[:, 0].round().long() == STATE_RESPOND
+        return torch.where(addressed, torch.minimum(cut * per, audio_lengths), audio_lengths)
 
     def _extra_losses(self, out, kept_labels, mask, shared, audio_lengths, audio_start,
                       batch) -> dict:
