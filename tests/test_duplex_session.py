@@ -535,3 +535,28 @@ def test_commit_after_the_head_decided_in_the_last_tick(s2s, spoken, scripted_he
         ended = of(events, "turn_ended")
         assert len(ended) == 1 and ended[0].data["forced"] == (state == STATE_IGNORE)
         assert len(session.turns) == 1
+
+
+def test_speech_resuming_in_the_vads_silence_is_a_new_turn(s2s, spoken, scripted_head):
+    """The state head answers the first question 0.2 s after it ends; the second starts
+    0.8 s later, inside the 2 s the VAD waits before it says the speech stopped, so the VAD
+    reports no new start: the session still opens a new turn when the speech resumes, and
+    the head's respond at the second question's end answers it."""
+    first, second = spoken
+    gap = np.zeros(int(0.8 * RATE), dtype=np.float32)
+    wav = np.concatenate([np.zeros(RATE), first, gap, second,
+                          np.zeros(3 * RATE)]).astype(np.float32)
+    first_end = (RATE + len(first)) / RATE
+    second_start = first_end + len(gap) / RATE
+    second_end = second_start + len(second) / RATE
+    session = scripted_head([(first_end + 0.2, first_end + 0.4, STATE_RESPOND),
+                             (second_end + 0.3, second_end + 0.5, STATE_RESPOND)], vad=True)
+    events, _ = run_duplex(session, wav)
+    assert len(of(events, "speech_started")) == 1  # one VAD segment for both questions
+    ended = of(events, "turn_ended")
+    assert len(ended) == 2
+    assert ended[0].time == pytest.approx(first_end + 0.2, abs=0.2)
+    assert ended[1].time == pytest.approx(second_end + 0.3, abs=0.2)
+    # the second turn opened when its speech came, not in the silence before it
+    assert second_start - 0.1 <= ended[1].data["opened_at"] <= second_start + 0.5
+    assert len(session.turns) == 2 and of(events, "answer_done")[-1].data["answer_id"] == 2

@@ -538,6 +538,10 @@ class DuplexSession:
         self._out: List[SessionEvent] = []
         self._in_speech = False
         self._vad_started_here = False  # a speech start not yet answered by a new branch
+        # a turn was decided while the VAD was still in its speech segment (in the silence it
+        # waits before it says the speech stopped): speech resuming there is a new turn,
+        # though the VAD reports no new start
+        self._decided_in_speech = False
         self._silent_since = 0.0  # where the VAD last heard the speech stop (s)
         self.stats = collections.Counter()
         # codec-token sampling of this session alone: sessions sharing one model (a server)
@@ -734,6 +738,9 @@ class DuplexSession:
             self._vad_event(ev)
         heard = self.vad is None or self._in_speech or bool(vad_events)
         if self.listening is None and self._may_open(heard):
+            if (self.options.interrupt_on_speech and self.answer is not None
+                    and not self._vad_started_here):
+                self._cancel_answer()  # speech resumed in the VAD's silence: no new start
             self._open_branch(replay=self.vad is not None)
         if self.listening is not None and (heard or final):
             self._listen(samples, final)
@@ -750,7 +757,7 @@ class DuplexSession:
             return False
         if self.vad is None:
             return True
-        return self._vad_started_here
+        return self._vad_started_here or (self._decided_in_speech and self.vad.hearing_speech)
 
     def _commit_after_silence(self) -> None:
         limit = self.options.commit_after_silence_s
@@ -764,6 +771,7 @@ class DuplexSession:
         when = ev.sample / self.sample_rate
         if ev.kind == "speech_stopped":
             self._silent_since = when
+            self._decided_in_speech = False
         if ev.kind == "speech_started":
             self._in_speech = True
             self._vad_started_here = True
@@ -779,6 +787,7 @@ class DuplexSession:
 
     def _open_branch(self, replay: bool) -> None:
         self._vad_started_here = False
+        self._decided_in_speech = False
         t0 = time.perf_counter()
         fork_voiced = None
         if self.answer is not None:
@@ -825,6 +834,8 @@ class DuplexSession:
 
     def _decide(self, state: int, forced: bool = False) -> None:
         branch = self.listening
+        if self.vad is not None and self._in_speech:
+            self._decided_in_speech = True
         if state == STATE_IGNORE:
             self.listening = None
             self.event("ignored", opened_at=round(branch.opened_at, 4))

@@ -291,6 +291,12 @@ class StreamingVAD:
         return events
 
     @property
+    def hearing_speech(self) -> bool:
+        """In a reported speech segment, with no silence begun since its last voiced window
+        (False in the minimum-silence wait after the speech, True again once it resumes)."""
+        return self.in_speech and self._silence_start is None
+
+    @property
     def last_probability(self) -> Optional[float]:
         return self._history[-1] if self._history else None
 
