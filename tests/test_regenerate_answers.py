@@ -148,7 +148,7 @@ def test_regenerate_answers_bad_input(llm_dir, tmp_path):
                                  str(tmp_path / "missing.jsonl"), "--output", str(dst)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(DIALOGS[0]) + "\n" + '{"turns": [\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a JSON line"):
         regenerate_answers.main(["--llm_dir", str(llm_dir), "--input", str(bad),
                                  "--output", str(dst)])
     wrong = tmp_path / "wrong.jsonl"

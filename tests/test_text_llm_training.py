@@ -113,7 +113,7 @@ def test_bad_dialog_is_reported(llm_dir, tmp_path):
                        tmp_path / "out", steps=1, progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not a JSON line"):
         train_cli.main(["--llm_dir", str(llm_dir), "--dialogs", str(bad), "--out_dir",
                         str(tmp_path / "out"), "--steps", "1"])
 

@@ -77,19 +77,15 @@ class DuplexItem:
 # ---------------------------------------------------------------------------- texts
 def load_questions(path: str | os.PathLike) -> List[str]:
     """The "question" of every JSON line of a refs file (e.g. qa_test_refs.jsonl)."""
+    from espnet_freeze_omni.data.json_lines import read_json_lines
+
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
-            question = row.get("question") if isinstance(row, dict) else None
-            if not isinstance(question, str) or not question.strip():
-                raise ValueError(f"{path}:{lineno}: no \"question\" text in {line.strip()[:80]}")
-            questions.append(" ".join(question.split()))
+    for lineno, row in read_json_lines(path):
+        question = row.get("question") if isinstance(row, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{path}:{lineno}: no \"question\" text in "
+                             f"{json.dumps(row)[:80]}")
+        questions.append(" ".join(question.split()))
     if not questions:
         raise ValueError(f"{path}: no questions")
     return questions

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Union
 
+from espnet_freeze_omni.data.json_lines import read_json_lines
+
 Dialog = Dict[str, object]
 
 
@@ -45,18 +47,11 @@ def read_dialogs(path: Union[str, os.PathLike]) -> List[Dialog]:
     if not path.is_file():
         raise FileNotFoundError(f"dialog file not found: {path}")
     dialogs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                dialog = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            try:
-                dialogs.append(check_dialog(dialog))
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+    for lineno, dialog in read_json_lines(path):
+        try:
+            dialogs.append(check_dialog(dialog))
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
     return dialogs
 
 

@@ -257,18 +257,13 @@ def aggregate(items: Dict[str, dict]) -> Dict[str, Tuple[float, dict]]:
 
 def read_events(path: str | os.PathLike) -> List[dict]:
     """The events of one item; a malformed line is named by file and line."""
+    from espnet_freeze_omni.data.json_lines import read_json_lines
+
     events = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({err.msg})") from None
-            if not isinstance(e, dict) or "type" not in e:
-                raise ValueError(f"{path}:{lineno}: not an event (no \"type\")")
-            events.append(e)
+    for lineno, e in read_json_lines(path):
+        if not isinstance(e, dict) or "type" not in e:
+            raise ValueError(f"{path}:{lineno}: not an event (no \"type\")")
+        events.append(e)
     return events
 
 
