@@ -347,9 +347,10 @@ class RealtimeConnection:
                                    audio_end_ms=int(round(data["at"] * 1000)),
                                    item_id=self.user_item or new_id("item")))
             latest = self.responses.get(self.answers)
-            if latest is not None and latest.speech_end_sample is None \
-                    and latest.first_audio_at is None:
-                # the state head took the turn before the VAD's silence was long enough
+            if latest is not None and latest.speech_end_sample is None and not latest.done:
+                # the state head took the turn before the VAD's silence was long enough (it
+                # waits 2 s by default, often past the answer's first audio): the speech end
+                # is where the VAD says, whenever it says it
                 latest.speech_end_sample = self.speech_end_sample
                 latest.speech_end_at = self._arrival(self.speech_end_sample)
         elif e.type == "state":
