@@ -787,6 +787,12 @@ decode_asr_only() {
 decode_test_sets() {
     local dset out jobs _cmd n set_args
     _cmd=${decode_cmd}; [ "${gpu_inference}" = true ] && _cmd="${cuda_cmd} --gpu 1"
+    # the whole model, as both decoders (test sets, duplex sets) load it
+    full_model_args=(--ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)"
+                     --config "${decode_config}" --llm_conf path="${llm_dir}"
+                     --speech_input_model "$(speech_input_exp 3)/valid.loss.best.pth"
+                     --speech_output_model "$(speech_output_exp 3)/valid.loss.best.pth"
+                     --codec_dir "${codec_exp}")
     if [ -z "${qa_test_sets}" ]; then
         decode_asr_only "${_cmd}"
         [ -z "$(duplex_sets)" ] || log "Stage 15: $(duplex_sets | paste -sd' ' -) not decoded: a" \
@@ -811,12 +817,7 @@ decode_test_sets() {
         # shellcheck disable=SC2086
         ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
             ${python} -m espnet_freeze_omni.bin.speech2speech_inference \
-                --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
-                --config "${decode_config}" \
-                --llm_conf path="${llm_dir}" \
-                --speech_input_model "$(speech_input_exp 3)/valid.loss.best.pth" \
-                --speech_output_model "$(speech_output_exp 3)/valid.loss.best.pth" \
-                --codec_dir "${codec_exp}" \
+                "${full_model_args[@]}" \
                 --data_path_and_name_and_type "${data_feats16}/${dset}/wav.scp,speech,sound" \
                 --key_file "${out}/logdir/keys.JOB.scp" \
                 --output_dir "${out}/logdir/output.JOB" \
@@ -843,7 +844,8 @@ decode_test_sets() {
 }
 
 # Duplex test sets: each item through its own DuplexSession (bin/duplex_inference), with the
-# decode config and --decode_args of the QA sets (its test-set-only options do nothing there).
+# model (full_model_args), decode config and --decode_args of the QA sets (its test-set-only
+# options do nothing there).
 decode_duplex_sets() {
     local dset out jobs n _cmd=$1
     for dset in $(duplex_sets); do
@@ -853,12 +855,7 @@ decode_duplex_sets() {
         # shellcheck disable=SC2086
         ${_cmd} JOB=1:"${jobs}" "${logdir}/stage15_decode/${dset}.JOB.log" \
             ${python} -m espnet_freeze_omni.bin.duplex_inference \
-                --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
-                --config "${decode_config}" \
-                --llm_conf path="${llm_dir}" \
-                --speech_input_model "$(speech_input_exp 3)/valid.loss.best.pth" \
-                --speech_output_model "$(speech_output_exp 3)/valid.loss.best.pth" \
-                --codec_dir "${codec_exp}" \
+                "${full_model_args[@]}" \
                 --data_path_and_name_and_type "${data_feats16}/${dset}/wav.scp,speech,sound" \
                 --key_file "${out}/logdir/keys.JOB.scp" \
                 --output_dir "${out}/logdir/output.JOB" ${decode_args}
