@@ -6,7 +6,7 @@
         [--num_side_talk_test 50] [--max_turns 3] [--num_countries 24] [--num_people 120] \
         [--num_tts_train 1500] [--num_tts_dev 100] [--num_repeat_train 1500] \
         [--sets "train dev test qa_train qa_test tts_train tts_dev"] [--wav_dir DIR] [--nj 2] \
-        [--sample_rate 16000] [--text_only false] [--unseen_test true]
+        [--sample_rate 16000] [--text_only false] [--unseen_test true] [--voice_pool classic]
 
 Writes <out>/local/world/ (world.json, facts.txt, qa_{train,test}.jsonl, qa_test_refs.jsonl,
 repeat_train.jsonl, side talk, utterance lists) and the Kaldi data dirs
@@ -25,6 +25,7 @@ import time
 
 from espnet2.utils.types import str2bool, str_or_none
 
+from espnet_freeze_omni.data.espeak import VOICE_POOLS
 from espnet_freeze_omni.data.synthetic_world import (SPOKEN_SETS, UNSEEN_TEST_SET,
                                                      CorpusSizes, make_corpus)
 
@@ -45,6 +46,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--text_only", type=str2bool, default=False,
                         help="write the text artifacts only, no audio")
+    parser.add_argument("--voice_pool", choices=VOICE_POOLS, default="classic",
+                        help="voices of the ASR and QA sets (espeak.pick_voice): classic, six "
+                             "voices on a 4x3 speed/pitch grid; diverse, three accents with "
+                             "every espeak-ng variant not held out, any speed 130-210 and "
+                             "pitch 30-70 (the texts are the same with either)")
     parser.add_argument("--unseen_test", type=str2bool, default=True,
                         help=f"make {UNSEEN_TEST_SET}: qa_test in held-out voices and noise")
     return parser
@@ -56,7 +62,7 @@ def main(cmd=None) -> int:
     start = time.time()
     corpus = make_corpus(args.out, args.seed, sizes, args.text_only, args.wav_dir, args.nj,
                          args.sample_rate, args.sets.split() if args.sets else None,
-                         args.unseen_test)
+                         args.unseen_test, args.voice_pool)
     spoken = ", ".join(f"{k} {len(v)}" for k, v in corpus.spoken.items())
     if args.unseen_test:
         spoken += f", {UNSEEN_TEST_SET} {len(corpus.unseen_test)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -154,14 +155,84 @@ def synthesize_datadir(
     return data_dir
 
 
+# --------------------------------------------------------------------------------------
+# voice indices: one integer names a voice, a speed and a pitch (pick_voice)
+# --------------------------------------------------------------------------------------
+# Two pools share the integer line. Below DIVERSE_BASE, the "classic" grid: VOICES x 4
+# speeds x 3 pitches, what tests, benchmarks and the first recipes speak with. From
+# DIVERSE_BASE on, the "diverse" pool of the embedded recipe: every training accent, plain
+# and with every espeak-ng "+variant" (voices/!v/) that makes a distinct voice, at any
+# integer speed and pitch of DIVERSE_SPEEDS / DIVERSE_PITCHES. Six voices teach a small
+# encoder six voices; hundreds teach it speech (docs/experiments/2026-12-07-unseen-voices.md).
+DIVERSE_BASE = 1 << 24
+# espeak-ng applies a variant to these (not to "en-gb", which ignores it without a word)
+TRAINING_ACCENTS = ("en-us", "en", "en-gb-x-rp")
+# espeak-ng 1.51's variants, less those that are another's copy ("fast" is the plain voice,
+# "klatt6" and "caleb" are "klatt") or unusable on the command line ("Mr serious"); the
+# held-out ones (UNSEEN_TEST_CONDITIONS) are taken out in diverse_voices()
+ESPEAK_VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo",
+    "Gene", "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike",
+    "Nguyen", "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot",
+    "adam", "anika", "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin",
+    "boris", "croak", "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5",
+    "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "linda", "m1", "m2", "m3", "m4", "m5",
+    "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul",
+    "pedro", "quincy", "rob", "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4",
+    "robosoft5", "robosoft6", "robosoft7", "robosoft8", "sandro", "shelby", "steph", "steph2",
+    "steph3", "travis", "victor", "whisper", "whisperf", "zac")
+# inclusive integer ranges; the held-out speeds and pitches lie outside both
+DIVERSE_SPEEDS = (130, 210)
+DIVERSE_PITCHES = (30, 70)
+VOICE_POOLS = ("classic", "diverse")
+
+
 def pick_voice(index: int, voices: Optional[Iterable[str]] = None) -> dict:
-    """Deterministic variety of voice, speed and pitch for the index-th utterance."""
+    """Deterministic voice, speed and pitch of a voice index (see DIVERSE_BASE)."""
+    if index >= DIVERSE_BASE:
+        pool = diverse_voices()
+        index -= DIVERSE_BASE
+        num_speeds = DIVERSE_SPEEDS[1] - DIVERSE_SPEEDS[0] + 1
+        num_pitches = DIVERSE_PITCHES[1] - DIVERSE_PITCHES[0] + 1
+        if index >= len(pool) * num_speeds * num_pitches:
+            raise ValueError(f"voice index {index + DIVERSE_BASE} is past the diverse pool")
+        # mixed radix: voice, then speed, then pitch
+        voice, rest = pool[index % len(pool)], index // len(pool)
+        return dict(voice=voice, speed=DIVERSE_SPEEDS[0] + rest % num_speeds,
+                    pitch=DIVERSE_PITCHES[0] + rest // num_speeds)
     voices = tuple(voices or VOICES)
     return dict(
         voice=voices[index % len(voices)],
         speed=(140, 160, 180, 200)[(index // len(voices)) % 4],
         pitch=(35, 50, 65)[(index // 7) % 3],
     )
+
+
+def diverse_voices() -> Tuple[str, ...]:
+    """The voices of the diverse pool: each training accent plain and with each variant that
+    no held-out voice uses."""
+    held_out = {voice_parts(v)[1] for v in UNSEEN_TEST_CONDITIONS.voices}
+    variants = [v for v in ESPEAK_VARIANTS if v not in held_out]
+    return tuple(f"{accent}+{v}" if v else accent
+                 for accent in TRAINING_ACCENTS for v in [None] + variants)
+
+
+def diverse_pool_size() -> int:
+    return (len(diverse_voices()) * (DIVERSE_SPEEDS[1] - DIVERSE_SPEEDS[0] + 1)
+            * (DIVERSE_PITCHES[1] - DIVERSE_PITCHES[0] + 1))
+
+
+def voice_index(raw: int, pool: str) -> int:
+    """A voice index of `pool` from any non-negative random integer (the same draw gives a
+    classic or a diverse voice, so switching pools changes no other random choice)."""
+    if pool == "classic":
+        return raw
+    if pool == "diverse":
+        # a generator seeded by the draw spreads it evenly over the pool (a plain modulo of
+        # a 20-bit draw would favour the low pitches)
+        return DIVERSE_BASE + random.Random(raw).randrange(diverse_pool_size())
+    raise ValueError(f"voice pool must be one of {VOICE_POOLS}, got {pool!r}")
 
 
 # --------------------------------------------------------------------------------------

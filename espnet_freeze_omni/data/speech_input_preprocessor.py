@@ -53,6 +53,11 @@ class SpeechInputPreprocessor(CommonPreprocessor):
             raise ValueError(f"utterance '{uid}': audio is empty (0 samples)")
 
         data = super().__call__(uid, data)
+        speech = data.get(self.speech_name)
+        if isinstance(speech, np.ndarray) and speech.ndim == 2 and speech.shape[1] == 1:
+            # espnet's reverberation/noise path hands mono audio back as (time, 1), which
+            # the frontend would take for one channel of a microphone array
+            data[self.speech_name] = speech[:, 0]
 
         if self.template is not None:
             if answer is not None:

@@ -48,7 +48,8 @@ import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from espnet_freeze_omni.data.espeak import HeldOutConditions, pick_voice
+from espnet_freeze_omni.data.espeak import (VOICE_POOLS, HeldOutConditions, pick_voice,
+                                            voice_index)
 from espnet_freeze_omni.scoring.numbers import number_to_words
 
 JOBS = ("baker", "pilot", "teacher", "doctor", "farmer", "painter", "nurse", "engineer",
@@ -275,8 +276,20 @@ class Utterance:
     pause: Optional[Tuple[int, float]] = None  # (words before the pause, seconds)
 
 
-def _utterance(rng: random.Random, utt_id: str, text: str, label: int) -> Utterance:
-    return Utterance(utt_id, text, label, rng.randrange(1 << 20),
+# With the diverse voice pool, one spoken ASR/QA utterance in ASSISTANT_VOICE_SHARE is in
+# the assistant's voice: the recipe's ASR listens to the spoken answers (qa_acc_speech_out)
+# and must have heard that voice, which a draw among ~10^6 conditions would never give.
+ASSISTANT_VOICE_SHARE = 10
+
+
+def _utterance(rng: random.Random, utt_id: str, text: str, label: int,
+               voice_pool: str = "classic") -> Utterance:
+    raw = rng.randrange(1 << 20)
+    if voice_pool == "diverse" and raw % ASSISTANT_VOICE_SHARE == 0:
+        index = assistant_voice_index()
+    else:
+        index = voice_index(raw, voice_pool)
+    return Utterance(utt_id, text, label, index,
                      round(rng.uniform(0.6, 1.0), 2))
 
 
@@ -368,8 +381,12 @@ def _repeat_dialogs(train_texts: Sequence[str], unseen: set, seed: int,
 
 
 def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
-                    test_facts_asked_in_train: bool = True) -> Corpus:
-    """All texts of the corpus (no audio); deterministic given seed and sizes."""
+                    test_facts_asked_in_train: bool = True,
+                    voice_pool: str = "classic") -> Corpus:
+    """All texts of the corpus (no audio); deterministic given seed and sizes. `voice_pool`
+    (espeak.VOICE_POOLS) picks the voices of the ASR and QA sets; it changes no text."""
+    if voice_pool not in VOICE_POOLS:
+        raise ValueError(f"voice_pool must be one of {VOICE_POOLS}, got {voice_pool!r}")
     world = build_world(seed, sizes.num_countries, sizes.num_people)
     rng = random.Random(f"freeze-omni-corpus-{seed}")
 
@@ -429,20 +446,22 @@ def generate_corpus(seed: int, sizes: CorpusSizes = CorpusSizes(),
     side_set = set(side)
 
     def asr_set(name: str, texts: List[str]) -> List[Utterance]:
-        return [_utterance(rng, f"asr_{name}-{i + 1:05d}", t, 2 if t in side_set else 1)
-                for i, t in enumerate(texts)]
+        return [_utterance(rng, f"asr_{name}-{i + 1:05d}", t, 2 if t in side_set else 1,
+                           voice_pool) for i, t in enumerate(texts)]
 
     spoken = {"train": asr_set("train", asr_train), "dev": asr_set("dev", asr_dev),
               "test": asr_set("test", asr_test)}
-    qa_train_utts = [_utterance(rng, f"{d['id']}-t{k}", turn["content"], 1)
+    qa_train_utts = [_utterance(rng, f"{d['id']}-t{k}", turn["content"], 1, voice_pool)
                      for d in qa_train
                      for k, turn in enumerate((t for t in d["turns"] if t["role"] == "user"), 1)]
     side_train_utts = [_utterance(rng, f"side_train-{i + 1:05d}", side_train[i % len(side_train)],
-                                  2) for i in range(sizes.num_side_talk_train)]
+                                  2, voice_pool) for i in range(sizes.num_side_talk_train)]
     spoken["qa_train"] = _with_pauses(qa_train_utts[:sizes.num_spoken_qa_train],
                                       sizes.num_paused_qa_train, seed) + side_train_utts
-    spoken["qa_test"] = [_utterance(rng, r["id"], r["question"], 1) for r in refs] + \
-        [_utterance(rng, f"side_test-{i + 1:05d}", t, 2) for i, t in enumerate(side_test)]
+    spoken["qa_test"] = [_utterance(rng, r["id"], r["question"], 1, voice_pool)
+                         for r in refs] + \
+        [_utterance(rng, f"side_test-{i + 1:05d}", t, 2, voice_pool)
+         for i, t in enumerate(side_test)]
 
     # --- TTS sets and copy dialogs: random streams of their own, so the sets above are the
     # same with or without them ---
@@ -531,7 +550,8 @@ def write_corpus_texts(corpus: Corpus, world_dir: str | Path) -> Path:
 def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusSizes(),
                 text_only: bool = False, wav_dir: Optional[str | Path] = None,
                 num_workers: int = 2, sample_rate: int = 16000,
-                sets: Optional[Sequence[str]] = None, unseen_test: bool = True) -> Corpus:
+                sets: Optional[Sequence[str]] = None, unseen_test: bool = True,
+                voice_pool: str = "classic") -> Corpus:
     """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs; with
     unseen_test, also `<out>/qa_test_unseen` (qa_test in held-out conditions) and its
     `local/world/qa_test_unseen_refs.jsonl` and `utterances_qa_test_unseen.tsv`."""
@@ -543,7 +563,7 @@ def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusS
         off = " (unseen_test is off)" if UNSEEN_TEST_SET in unknown else ""
         raise ValueError(f"unknown data set(s) {unknown}{off}: choose from {' '.join(known)}")
     out_dir = Path(out_dir)
-    corpus = generate_corpus(seed, sizes)
+    corpus = generate_corpus(seed, sizes, voice_pool=voice_pool)
     write_corpus_texts(corpus, out_dir / "local" / "world")
     if unseen_test:
         check_held_out(corpus)

@@ -8,6 +8,14 @@
 set -euo pipefail
 . ./db.sh   # LLM_DIR, when set, is your local model dir for the frozen LLM
 
+# espnet's on-the-fly augmentation in every speech-input stage (CommonPreprocessor options;
+# training utterances only): noise at 5-30 dB SNR on 60 % of them, reverberation on 30 %,
+# from the lists local/data.sh writes (docs/experiments/2026-12-07-unseen-voices.md)
+augment_args="--preprocessor_conf noise_scp=data/local/augment/noise.scp"
+augment_args+=" --preprocessor_conf noise_apply_prob=0.6 --preprocessor_conf noise_db_range=5_30"
+augment_args+=" --preprocessor_conf rir_scp=data/local/augment/rirs.scp"
+augment_args+=" --preprocessor_conf rir_apply_prob=0.3"
+
 ./freeze_omni.sh \
     --train_set train \
     --valid_set dev \
@@ -25,5 +33,6 @@ set -euo pipefail
     --codec_type embedded \
     --codec_args "--vocab_size 512" \
     --decode_args "--max_codec_tokens 400" \
+    --speech_input_args "${augment_args}" \
     ${LLM_DIR:+--llm_path "${LLM_DIR}"} \
     "$@"

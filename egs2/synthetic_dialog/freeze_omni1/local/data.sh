@@ -36,6 +36,12 @@ num_repeat_train=1500     # "Repeat after me: ..." text dialogs (the LLM learns 
 num_duplex_test=25        # data/duplex_test: items per duplex scenario (4 scenarios; 25 make
                           # 100 items, 11 min of audio: ~3 s to speak; 0: no duplex set)
 unseen_test=true          # data/qa_test_unseen: qa_test in held-out voices, speeds, pitches, noise
+voice_pool=diverse        # voices of the ASR and QA sets (espeak.pick_voice): diverse (3 accents x
+                          # every espeak-ng variant not held out, speeds 130-210, pitches 30-70)
+                          # or classic (the six voices on a 4x3 grid the recipe had before)
+augment=true              # data/local/augment/{noise,rirs}.scp for espnet's on-the-fly noise and
+                          # reverberation in training (run.sh passes them): synthesized brown,
+                          # hum and babble noise, synthesized RIRs, the espnet wheel's samples
 sets=""                   # speak only these data dirs, comma separated (e.g. tts_train,tts_dev,
                           # duplex_test,qa_test_unseen); empty: all. The text artifacts are
                           # always (re)written.
@@ -58,7 +64,13 @@ python3 -m espnet_freeze_omni.bin.make_synthetic_corpus --out data --seed "${see
     --num_people "${num_people}" --num_countries "${num_countries}" \
     --num_tts_train "${num_tts_train}" --num_tts_dev "${num_tts_dev}" \
     --num_repeat_train "${num_repeat_train}" ${corpus_sets:+--sets "${corpus_sets}"} \
-    --text_only "${text_only}" --unseen_test "${unseen_test}" --nj "${nj}"
+    --text_only "${text_only}" --unseen_test "${unseen_test}" --voice_pool "${voice_pool}" \
+    --nj "${nj}"
+
+if [ "${augment}" = true ] && [ -f data/train/wav.scp ]; then
+    python3 -m espnet_freeze_omni.bin.make_augmentation_data --out data/local/augment \
+        --babble_wav_scp data/train/wav.scp --seed "${seed}"
+fi
 
 if [ "${num_duplex_test}" -gt 0 ] && { [ -z "${sets}" ] || [[ ",${sets}," == *",duplex_test,"* ]]; }; then
     rm -rf data/duplex_test data/local/wav/duplex_test
