@@ -15,6 +15,7 @@ it. Streaming caches the last k - 1 inputs of each extra conv, and stays exact.
 """
 from __future__ import annotations
 
+import abc
 from typing import Tuple
 
 import torch
@@ -22,14 +23,44 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ConvAdapter(nn.Module):
+class AbsAdapter(nn.Module, abc.ABC):
+    """Encoder frames -> LLM input embeddings, offline and chunk by chunk.
+
+    The adapter's counterpart of espnet's `AbsEncoder`: the speech-input models and the
+    duplex session use only this, so another adapter plugs in through the Task's
+    `--speech_adapter` choices. Streaming must reproduce `forward` exactly.
+    """
+
+    # encoder frames per LLM embedding: the state head reads chunk ends by it
+    stride: int
+
+    @abc.abstractmethod
+    def output_size(self) -> int:
+        """The LLM hidden size the embeddings have."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), x_lens (B,) -> embeddings (B, T', H), their lengths (B,)."""
+
+    @abc.abstractmethod
+    def init_cache(self, batch_size: int = 1) -> Tuple[torch.Tensor, ...]:
+        """The streaming state before the first frame."""
+
+    @abc.abstractmethod
+    def forward_chunk(self, x: torch.Tensor, cache: Tuple[torch.Tensor, ...]
+                      ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """New frames (B, n, D) -> the embeddings now complete (B, n', H), the new state."""
+
+
+class ConvAdapter(AbsAdapter):
     """Causal strided conv adapter: (B, T, enc_out_dim) -> (B, ceil(T / stride), llm_embed_dim).
 
     ``num_layers``: the strided conv, then ``num_layers - 1`` residual stride-1 convs.
     """
 
-    def __init__(self, enc_out_dim: int, llm_embed_dim: int, kernel_size: int = 5, stride: int = 2,
-                 num_layers: int = 1):
+    def __init__(self, enc_out_dim: int, llm_embed_dim: int, *, kernel_size: int = 5,
+                 stride: int = 2, num_layers: int = 1):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")

@@ -20,14 +20,9 @@ import json
 import random
 from pathlib import Path
 
-from espnet_freeze_omni.data.datadir import (
-    NO_ANSWER,
-    SpokenTurn,
-    read_kaldi_map,
-    subset_data_dir,
-    synthesize_turn_datadir,
-    write_kaldi_map,
-)
+from espnet_freeze_omni.data.derive import subset_data_dir
+from espnet_freeze_omni.data.kaldi_table import NO_ANSWER, read_kaldi_map, write_kaldi_map
+from espnet_freeze_omni.data.spoken_turns import SpokenTurn, synthesize_turn_datadir
 
 
 def read_dialogs(path):

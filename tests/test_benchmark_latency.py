@@ -54,10 +54,15 @@ def test_tiny_shapes_write_every_stage_in_order(tmp_path):
     assert image.shape[0] > 400 and image.shape[1] > 800
 
 
-def test_packed_model_path_counts_undecided_turns(work, tmp_path):  # noqa: F811
-    """--model_file: the model's own state head takes the turns. This one is untrained and
-    never decides, which the benchmark must count (and still write its files); a turn_info
-    beside the wav.scp gives the speech ends and keeps side talk out."""
+def test_packed_model_path_times_answers_and_counts_undecided_turns(work, tmp_path,
+                                                                   monkeypatch):  # noqa: F811
+    """--model_file: the model's own state head takes the turns; a turn_info beside the
+    wav.scp gives the speech ends and keeps side talk out. The fixture's head decides every
+    turn (a respond bias); the same model with its head held at "listen" never decides,
+    which the benchmark must count (and still write its files)."""
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+    from espnet_freeze_omni.models.speech_input import STATE_LISTEN
+
     zip_path = tmp_path / "packed" / "model.zip"
     pack(work, zip_path, ["--yaml", f"codec_conf={work['codec']}/codec_conf.yaml"])
     data = tmp_path / "data"
@@ -66,17 +71,34 @@ def test_packed_model_path_counts_undecided_turns(work, tmp_path):  # noqa: F811
     (data / "wav.scp").write_text("\n".join(lines) + "\n")
     utts = [line.split()[0] for line in lines]
     (data / "turn_info").write_text(f"{utts[0]} 1 0.5\n{utts[1]} 2 0.6\n{utts[2]} 1 0.7\n")
-    out = tmp_path / "out"
-    main(["--model_file", str(zip_path), "--llm_path", str(work["llm"]),
-          "--cachedir", str(tmp_path / "cache"), "--wav_scp", str(data / "wav.scp"),
-          "--dialogues", "2", "--warmup", "0", "--vad", "off", "--tail_seconds", "1.0",
-          "--threads", "1", "--out_dir", str(out)])
-    result = json.loads((out / "latency.json").read_text())
-    assert [r["name"] for r in result["records"]] == [utts[0], utts[2]]  # side talk skipped
-    assert [r["speech_end_s"] for r in result["records"]] == [0.5, 0.7]
-    assert result["never_decided"] == 2 and result["answered"] == 0
-    assert result["segments"]["speech_end->first_pcm"]["p50"] is None
-    assert (out / "latency.png").read_bytes()[:8] == PNG_SIGNATURE
+
+    def run(out):
+        main(["--model_file", str(zip_path), "--llm_path", str(work["llm"]),
+              "--cachedir", str(tmp_path / "cache"), "--wav_scp", str(data / "wav.scp"),
+              "--dialogues", "2", "--warmup", "0", "--vad", "off", "--tail_seconds", "1.0",
+              "--threads", "1", "--out_dir", str(out)])
+        assert (out / "latency.png").read_bytes()[:8] == PNG_SIGNATURE
+        result = json.loads((out / "latency.json").read_text())
+        assert [r["name"] for r in result["records"]] == [utts[0], utts[2]]  # no side talk
+        assert [r["speech_end_s"] for r in result["records"]] == [0.5, 0.7]
+        return result
+
+    answering = run(tmp_path / "answering")
+    assert answering["never_decided"] == 0
+    assert all(r["decided"] for r in answering["records"])
+
+    loaded = Speech2Speech.from_pretrained.__func__
+
+    def listening_head(cls, *args, **kwargs):
+        s2s = loaded(cls, *args, **kwargs)
+        with torch.no_grad():
+            s2s.listener.model.predictor_head.bias[STATE_LISTEN] += 1000.0
+        return s2s
+
+    monkeypatch.setattr(Speech2Speech, "from_pretrained", classmethod(listening_head))
+    listening = run(tmp_path / "listening")
+    assert listening["never_decided"] == 2 and listening["answered"] == 0
+    assert listening["segments"]["speech_end->first_pcm"]["p50"] is None
 
 
 @pytest.mark.parametrize("argv, message", [

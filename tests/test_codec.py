@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from espnet_freeze_omni.codec.abs_codec import AbsCodec, load_codec
+from espnet_freeze_omni.codec import load_codec
+from espnet_freeze_omni.codec.abs_codec import AbsCodec
 from espnet_freeze_omni.codec.embedded import EmbeddedCodec, train_embedded_codec
 from espnet_freeze_omni.codec.packets import PacketDecoder, find_splice_point
 from espnet_freeze_omni.data.espeak import SpokenUtterance, pick_voice, synthesize_datadir
@@ -105,7 +106,7 @@ def test_embedded_codec_round_trip(codec, codec_dir, speech):
 def test_embedded_codec_keeps_speech_intelligible(codec, speech):
     """Sanity bound only (32 codes, 15 s of training speech); the 1024-code figures are in the
     closing notes of bin/codec_intelligibility.py runs."""
-    from espnet_freeze_omni.bin.codec_intelligibility import stoi
+    from espnet_freeze_omni.scoring.codec_metrics import stoi
 
     wav, sr = _wav(speech, "utt1")
     out = codec.decode(codec.encode(wav, sr))[:len(wav)]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import speech_end
+from espnet_freeze_omni.data import validation
 from espnet_freeze_omni.data import duplex_sets as ds
 
 QUESTIONS = ["What is the capital of Zorvia?", "Where does Anna Roul live?",
@@ -81,17 +83,17 @@ def rms_frames(audio, rate=16000):
 def loud(audio, lo, hi, rate=16000):
     """Is there speech (a 10 ms frame above 2 % of the loudest) in [lo, hi) seconds?"""
     rms = rms_frames(audio, rate)
-    threshold = rms.max() * ds.RELATIVE_THRESHOLD
+    threshold = rms.max() * speech_end.RELATIVE_THRESHOLD
     return bool((rms[int(round(lo * 100)):int(round(hi * 100))] > threshold).any())
 
 
 def test_built_set_is_a_valid_data_dir(built):
     root, items = built
     data = root / "data"
-    assert dd.validate_data_dir(data, check_audio=True, sample_rate=16000) == []
+    assert validation.validate_data_dir(data, check_audio=True, sample_rate=16000) == []
     infos = ds.read_duplex_info(data / "duplex_info")
     assert sorted(infos) == sorted(i.utt_id for i in items)
-    text = dd.read_kaldi_map(data / "text")
+    text = kt.read_kaldi_map(data / "text")
     for item in items:
         info = infos[item.utt_id]
         assert info["scenario"] == item.scenario and info["text"] == item.text
@@ -103,7 +105,7 @@ def test_built_set_is_a_valid_data_dir(built):
 def test_times_are_measured_on_the_written_audio(built):
     root, items = built
     infos = ds.read_duplex_info(root / "data" / "duplex_info")
-    wavs = dd.read_kaldi_map(root / "data" / "wav.scp")
+    wavs = kt.read_kaldi_map(root / "data" / "wav.scp")
     for item in items:
         info = infos[item.utt_id]
         audio, rate = soundfile.read(wavs[item.utt_id], dtype="float32")
@@ -116,7 +118,7 @@ def test_times_are_measured_on_the_written_audio(built):
         last = info.get("interrupt_end", info["speech_end"])
         assert loud(audio, last - 0.01, last) and not loud(audio, last, info["duration"])
         if item.scenario != "interruption":
-            assert info["speech_end"] == dd.speech_end_seconds(wavs[item.utt_id])
+            assert info["speech_end"] == speech_end.speech_end_seconds(wavs[item.utt_id])
         trailing = info["duration"] - last
         if item.scenario == "pause":
             assert not loud(audio, info["pause_start"], info["pause_end"])
@@ -158,7 +160,7 @@ def test_command_line(tmp_path, capsys):
                     "--out", str(tmp_path / "dx"), "--num_items", "1",
                     "--scenarios", "smooth", "side_talk", "--nj", "1"]) == 0
     assert "2 items (smooth 1, side_talk 1)" in capsys.readouterr().out
-    assert sorted(dd.read_kaldi_map(tmp_path / "dx/wav.scp")) == \
+    assert sorted(kt.read_kaldi_map(tmp_path / "dx/wav.scp")) == \
         ["side_talk-0001", "smooth-0001"]
     assert (tmp_path / "dx" / "wav" / "smooth-0001.wav").is_file()
 
@@ -207,6 +209,6 @@ def test_a_bad_line_is_named_by_file_line_and_item(tmp_path):
     (data / "utt2spk").write_text("pause-0001 s\npause-0002 s\n")
     (data / "spk2utt").write_text("s pause-0001 pause-0002\n")
     (data / "duplex_info").write_text(path.read_text())
-    problems = dd.validate_data_dir(data)
+    problems = validation.validate_data_dir(data)
     assert len(problems) == 1, problems
     assert "duplex_info:2" in str(problems[0]) and "pause-0002" in str(problems[0])

@@ -11,7 +11,8 @@ import pytest
 import soundfile
 
 from espnet_freeze_omni.bin import prepare_qa_eval_set
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import validation
 from espnet_freeze_omni.data import qa_eval_sets as qa
 from espnet_freeze_omni.scoring.qa_containment import load_references
 from test_recipe_helpers import banner, bash, recipe_copy
@@ -50,9 +51,9 @@ def write_llama(root: Path, rows):
 
 def check_set(data_dir: Path, refs: Path = None):
     """A sound 16 kHz data dir whose turn_info ends each question inside its audio."""
-    assert dd.validate_data_dir(data_dir, check_audio=True, sample_rate=16000) == []
-    wavs = dd.read_kaldi_map(data_dir / "wav.scp")
-    for utt, (label, end) in dd.read_turn_info(data_dir / "turn_info").items():
+    assert validation.validate_data_dir(data_dir, check_audio=True, sample_rate=16000) == []
+    wavs = kt.read_kaldi_map(data_dir / "wav.scp")
+    for utt, (label, end) in kt.read_turn_info(data_dir / "turn_info").items():
         duration = soundfile.info(wavs[utt]).duration
         assert label == 1 and 0 < end <= duration - 0.9, (utt, end, duration)  # 1 s padding
     if refs is not None:
@@ -79,9 +80,9 @@ def test_llama_questions_recordings_and_tts(tmp_path, fake_tts):
     assert references["llama_questions-00002"]["answers"] == ["8"]
     # only the row without a recording went to the TTS
     assert calls.read_text() == "How many legs does a spider have?\n"
-    assert dd.read_kaldi_map(tmp_path / "data/llama/text")["llama_questions-00001"] == \
+    assert kt.read_kaldi_map(tmp_path / "data/llama/text")["llama_questions-00001"] == \
         "What is the capital of France?"
-    recorded = dd.read_kaldi_map(tmp_path / "data/llama/wav.scp")["llama_questions-00001"]
+    recorded = kt.read_kaldi_map(tmp_path / "data/llama/wav.scp")["llama_questions-00001"]
     assert soundfile.info(recorded).duration == pytest.approx(1.6, abs=0.01)  # 0.6 s + 1 s
     assert qa.read_llama_questions(tsv)[0].audio == root / "wavs/q1.wav"
 
@@ -262,16 +263,16 @@ def test_librispeech_moss_stages_1_to_4_on_fake_corpora(tmp_path, fake_corpora):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for n in (1, 2, 3, 4):
         assert re.search(banner(n), proc.stdout, re.M), n
-    sizes = {s: len(dd.read_kaldi_map(recipe / "data" / s / "utt2spk")) for s in (
+    sizes = {s: len(kt.read_kaldi_map(recipe / "data" / s / "utt2spk")) for s in (
         "train_960", "dev", "dev_clean", "test_other", "qa_train", "llama_questions",
         "web_questions", "triviaqa")}
     assert sizes == dict(train_960=12, dev=8, dev_clean=4, test_other=4, qa_train=2,
                          llama_questions=2, web_questions=1, triviaqa=1)
     for s in ("train_960", "test_clean"):
-        assert dd.validate_data_dir(recipe / "data" / s, check_audio=True,
+        assert validation.validate_data_dir(recipe / "data" / s, check_audio=True,
                                     sample_rate=16000) == []
-    assert dd.read_kaldi_map(recipe / "data/train_960/utt2spk")["19-198-0000"] == "19-198"
-    assert dd.read_kaldi_map(recipe / "data/test_clean/text")["519-203-0001"] == \
+    assert kt.read_kaldi_map(recipe / "data/train_960/utt2spk")["19-198-0000"] == "19-198"
+    assert kt.read_kaldi_map(recipe / "data/test_clean/text")["519-203-0001"] == \
         "WORD21 AND MORE WORDS"
     # moss: the tool-using and the Chinese dialogs are dropped, the English one kept whole
     dialogs = [json.loads(l) for l in (recipe / "data/local/moss/qa_train.jsonl").open()]
@@ -281,7 +282,7 @@ def test_librispeech_moss_stages_1_to_4_on_fake_corpora(tmp_path, fake_corpora):
         {"role": "user", "content": "And a soft one?"},
         {"role": "assistant", "content": "Six minutes."}]}]
     assert "1 used tools, 1 not en" in proc.stdout
-    assert dd.read_kaldi_map(recipe / "data/qa_train/text") == {
+    assert kt.read_kaldi_map(recipe / "data/qa_train/text") == {
         "moss-1-t1": "How do I boil an egg?", "moss-1-t2": "And a soft one?"}
     for s, n in (("llama_questions", 2), ("web_questions", 1), ("triviaqa", 1)):
         refs = check_set(recipe / "data" / s, recipe / f"data/local/qa_eval/{s}_refs.jsonl")
@@ -293,8 +294,8 @@ def test_librispeech_moss_stages_1_to_4_on_fake_corpora(tmp_path, fake_corpora):
                                     "what language do they speak in brazil?",
                                     "Which element has the symbol O?"])
     # stages 2-4: the flacs dumped as 16 kHz wav, speed perturbation of train_960
-    assert len(dd.read_kaldi_map(recipe / "dump/raw16k/train_960_sp/utt2spk")) == 36
-    assert len(dd.read_kaldi_map(recipe / "dump/raw16k/triviaqa/turn_info")) == 1
+    assert len(kt.read_kaldi_map(recipe / "dump/raw16k/train_960_sp/utt2spk")) == 36
+    assert len(kt.read_kaldi_map(recipe / "dump/raw16k/triviaqa/turn_info")) == 1
 
     proc = bash("bash local/data.sh", recipe, check=True)  # done parts are kept
     assert proc.stdout.count(" is done") == 4 and "LibriSpeech dirs are done" in proc.stdout

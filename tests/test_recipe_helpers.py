@@ -12,7 +12,8 @@ import pytest
 import soundfile
 import yaml
 
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import validation
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "egs2" / "TEMPLATE" / "freeze_omni1"
@@ -181,12 +182,12 @@ def recipe_copy(tmp_path, name):
 def test_mini_an4_data_prep(tmp_path):
     recipe = recipe_copy(tmp_path, "mini_an4")
     bash("bash local/data.sh", recipe, check=True)
-    counts = {s: len(dd.read_kaldi_map(recipe / "data" / s / "text"))
+    counts = {s: len(kt.read_kaldi_map(recipe / "data" / s / "text"))
               for s in ("train", "test", "train_dev")}
     assert counts == {"train": 5, "test": 2, "train_dev": 1}
     for s in counts:
-        assert dd.validate_data_dir(recipe / "data" / s, check_audio=True, sample_rate=16000) == []
-    assert dd.read_kaldi_map(recipe / "data/test/text")["mmxg-cen8-mmxg-b"] == \
+        assert validation.validate_data_dir(recipe / "data" / s, check_audio=True, sample_rate=16000) == []
+    assert kt.read_kaldi_map(recipe / "data/test/text")["mmxg-cen8-mmxg-b"] == \
         "OCTOBER TWENTY FOUR NINETEEN SEVENTY"
 
 
@@ -218,7 +219,7 @@ def test_driver_stages_1_to_4(synthetic_recipe):
         assert re.search(banner(n), out, re.M), n
     # stage 1: the broken utterance is reported and dropped, with its reason on file
     assert "data/train has 1 problem(s)" in out and "kept 5 of 6 utterances" in out
-    assert dd.read_kaldi_map(recipe / "data/train/.backup/dropped.txt") == \
+    assert kt.read_kaldi_map(recipe / "data/train/.backup/dropped.txt") == \
         {"asr_train-00002": "empty transcript in text line 2"}
     assert "Speed perturbation: off" in out
     # stage 3: every speech-input set at 16 kHz; the recipe has TTS sets (--tts_train_set
@@ -227,23 +228,23 @@ def test_driver_stages_1_to_4(synthetic_recipe):
                        (24000, ("tts_train", "tts_dev"))):
         for s in sets:
             d = recipe / f"dump/raw{rate // 1000}k" / s
-            assert dd.validate_data_dir(d, check_audio=True, sample_rate=rate) == [], d
+            assert validation.validate_data_dir(d, check_audio=True, sample_rate=rate) == [], d
             assert (d / "turn_info").is_file() and (d / "utt2num_samples").is_file()
             assert (d / "audio_format").is_file() and (d / ".done").is_file()
-    assert len(dd.read_kaldi_map(recipe / "dump/raw16k/train/wav.scp")) == 5
+    assert len(kt.read_kaldi_map(recipe / "dump/raw16k/train/wav.scp")) == 5
     # the duplex test set (local/data.sh, one item per scenario): dumped at 16 kHz with its
     # duplex_info, copied whole like every test set
     d = recipe / "dump/raw16k/duplex_test"
-    assert dd.validate_data_dir(d, check_audio=True, sample_rate=16000) == []
+    assert validation.validate_data_dir(d, check_audio=True, sample_rate=16000) == []
     assert (d / "duplex_info").read_text() == (recipe / "data/duplex_test/duplex_info").read_text()
-    assert sorted(dd.read_kaldi_map(d / "duplex_info")) == \
+    assert sorted(kt.read_kaldi_map(d / "duplex_info")) == \
         ["interruption-0001", "pause-0001", "side_talk-0001", "smooth-0001"]
     assert "duplex_test is a test set: copied whole" in out
     assert not (recipe / "dump/raw24k/duplex_test").exists()
     assert not (recipe / "dump/raw24k/train").exists()  # speech output does not train on it
     assert not (recipe / "dump/raw16k/tts_train").exists()  # nor the encoder on TTS speech
-    assert len(dd.read_kaldi_map(recipe / "dump/raw24k/tts_train/wav.scp")) == 4
-    assert set(dd.read_kaldi_map(recipe / "dump/raw24k/tts_dev/utt2spk").values()) == \
+    assert len(kt.read_kaldi_map(recipe / "dump/raw24k/tts_train/wav.scp")) == 4
+    assert set(kt.read_kaldi_map(recipe / "dump/raw24k/tts_dev/utt2spk").values()) == \
         {"en-us-s160-p50"}  # stage 1 took data/tts_* from local/data.sh: one voice
     assert "kept 5 of 5" in out and "qa_test is a test set: copied whole" in out
     assert "kept 4 of 4" in out and "kept 2 of 2" in out  # the TTS sets, at 24 kHz
@@ -265,7 +266,7 @@ def test_driver_speed_perturbation(synthetic_recipe):
                 recipe, check=True)
     assert re.search(banner(2) + "Speed perturbation of data/train: factors 0.9 1.0 1.1 "
                      r"\(not of the TTS set tts_train\)", proc.stdout, re.M)
-    utts = dd.read_kaldi_map(recipe / "dump/raw16k/train_sp/utt2num_samples")
+    utts = kt.read_kaldi_map(recipe / "dump/raw16k/train_sp/utt2num_samples")
     assert len(utts) == 15
     assert int(utts["sp0.9-asr_train-00001"]) > int(utts["asr_train-00001"]) > \
         int(utts["sp1.1-asr_train-00001"])
@@ -283,9 +284,9 @@ def test_driver_without_tts_sets(synthetic_recipe):
                 '--tts_train_set "" --tts_valid_set ""', recipe, check=True)
     assert "24000 Hz for {train_sp,dev,qa_train}" in proc.stdout
     for s in ("train_sp", "dev", "qa_train"):
-        assert dd.read_kaldi_map(recipe / f"dump/raw24k/{s}/utt2spk") == \
-            dd.read_kaldi_map(recipe / f"dump/raw16k/{s}/utt2spk"), s
-    assert soundfile.info(dd.read_kaldi_map(recipe / "dump/raw24k/train_sp/wav.scp")
+        assert kt.read_kaldi_map(recipe / f"dump/raw24k/{s}/utt2spk") == \
+            kt.read_kaldi_map(recipe / f"dump/raw16k/{s}/utt2spk"), s
+    assert soundfile.info(kt.read_kaldi_map(recipe / "dump/raw24k/train_sp/wav.scp")
                           ["sp1.1-asr_train-00003"]).samplerate == 24000
     proc = bash("./run.sh --stage 13 --stop_stage 13 --tts_train_set ''", recipe)
     assert proc.returncode == 1
@@ -308,8 +309,8 @@ def test_driver_speech_output_on_tts_sets(synthetic_recipe):
                      re.M)
     assert re.search(banner(12) + r"Codec tokens of \{tts_train,tts_dev\}$", proc.stdout, re.M)
     for s, n in (("tts_train", 4), ("tts_dev", 2)):
-        tokens = dd.read_kaldi_map(recipe / f"exp/codec_tokens/{s}/codec_tokens")
-        assert sorted(tokens) == sorted(dd.read_kaldi_map(recipe / f"data/{s}/text")), s
+        tokens = kt.read_kaldi_map(recipe / f"exp/codec_tokens/{s}/codec_tokens")
+        assert sorted(tokens) == sorted(kt.read_kaldi_map(recipe / f"data/{s}/text")), s
         assert len(tokens) == n and all(t.split() for t in tokens.values())
         # the codec's own vocabulary, which stages 13-14 give the speech decoder
         info = yaml.safe_load((recipe / f"exp/codec_tokens/{s}/codec_info.yaml").read_text())
@@ -361,13 +362,13 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
 
     # stage 9: every spoken qa_train utterance lands in exactly one of the two splits,
     # with its regenerated answer, its history and its turn_info
-    spoken = set(dd.read_kaldi_map(recipe / "dump/raw16k/qa_train/wav.scp"))
+    spoken = set(kt.read_kaldi_map(recipe / "dump/raw16k/qa_train/wav.scp"))
     splits = {}
     for split in ("train", "valid"):
         d = recipe / f"dump/raw16k/qa_train_{split}"
-        splits[split] = set(dd.read_kaldi_map(d / "wav.scp"))
+        splits[split] = set(kt.read_kaldi_map(d / "wav.scp"))
         for name in ("text", "answer", "history", "turn_info"):
-            assert set(dd.read_kaldi_map(d / name)) == splits[split], (split, name)
+            assert set(kt.read_kaldi_map(d / name)) == splits[split], (split, name)
     assert splits["train"] and splits["valid"] and not splits["train"] & splits["valid"]
     assert splits["train"] | splits["valid"] == spoken
     # stage 10 starts from stage 8 and keeps the encoder frozen
@@ -395,16 +396,22 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
                 "qa_acc_speech_out", "speech_out_cer", "turn_end_f1"):
         assert isinstance(results[key], (int, float)), (key, results[key])
     assert "modality_gap" in json.dumps(results)
-    qa_ids = set(dd.read_kaldi_map(recipe / "data/qa_test/wav.scp"))
+    qa_ids = set(kt.read_kaldi_map(recipe / "data/qa_test/wav.scp"))
     for out in ("text_in", "speech_in", "speech_out"):
-        assert set(dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")) == qa_ids, out
+        assert set(kt.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")) == qa_ids, out
     assert {p.stem for p in (recipe / "exp/decode/qa_test/speech_out/wav").glob("*.wav")} == qa_ids
+    # the speech-out ceiling: every voiced text re-spoken by espeak-ng and heard, and scored
+    # (the one-epoch LLM's answers hold NUL bytes and the like: espeak-ng is spared them)
+    ceiling = recipe / "exp/decode/qa_test/speech_out_ceiling"
+    assert set(kt.read_kaldi_map(ceiling / "asr_text")) == qa_ids
+    assert set(kt.read_kaldi_map(ceiling / "wav.scp")) <= qa_ids
+    assert isinstance(results["qa_acc_speech_out_ceiling"], float)
     assert "qa_test" in (recipe / "RESULTS.md").read_text()
     # the duplex set (one item per scenario): a time-synchronous track of the input's
     # duration and the session's events per item, scored per scenario
     dx = recipe / "exp/decode/duplex_test"
-    items = dd.read_kaldi_map(recipe / "dump/raw16k/duplex_test/wav.scp")
-    assert len(items) == 4 and sorted(dd.read_kaldi_map(dx / "summary")) == sorted(items)
+    items = kt.read_kaldi_map(recipe / "dump/raw16k/duplex_test/wav.scp")
+    assert len(items) == 4 and sorted(kt.read_kaldi_map(dx / "summary")) == sorted(items)
     for utt, path in items.items():
         track = soundfile.info(dx / "wav" / f"{utt}.wav")
         assert track.samplerate == 24000
@@ -441,10 +448,10 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     s2s = Speech2Speech.from_pretrained(recipe / "exp/packed/freeze_omni_model.zip",
                                         llm_path=recipe / "exp/llm", cachedir=tmp_path / "cache",
                                         max_new_tokens=16)
-    wavs = dd.read_kaldi_map(recipe / "dump/raw16k/qa_test/wav.scp")
+    wavs = kt.read_kaldi_map(recipe / "dump/raw16k/qa_test/wav.scp")
     utt = sorted(u for u in wavs if u.endswith("-t1"))[0]
     wav, _ = soundfile.read(recipe / wavs[utt], dtype="float32")
-    decoded = {out: dd.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")[utt]
+    decoded = {out: kt.read_kaldi_map(recipe / f"exp/decode/qa_test/{out}/text")[utt]
                for out in ("speech_in", "asr_ctc")}
     session = s2s.session()
     session.reseed(utt)
@@ -508,21 +515,21 @@ def test_driver_stage_16_scoring(synthetic_recipe):
     recipe, _ = synthetic_recipe
     dec = recipe / "exp/decode"
     # stand-in decoding outputs (stage 15 is pending integration)
-    ref = dd.read_kaldi_map(recipe / "data/test/text")
+    ref = kt.read_kaldi_map(recipe / "data/test/text")
     first = sorted(ref)[0]
     hyp = {**ref, first: " ".join(ref[first].split()[1:])}  # one deleted word
     (dec / "test/asr_ctc").mkdir(parents=True)
-    dd.write_kaldi_map(dec / "test/asr_ctc/text", hyp)
+    kt.write_kaldi_map(dec / "test/asr_ctc/text", hyp)
     refs = [json.loads(l) for l in (recipe / "data/local/world/qa_test_refs.jsonl").open()]
     assert len(refs) == 2
     for sub, answers in (("text_in", [r["answers"][0] for r in refs]),
                          ("speech_in", [refs[0]["answers"][0], "I do not know."])):
         (dec / "qa_test" / sub).mkdir(parents=True)
-        dd.write_kaldi_map(dec / "qa_test" / sub / "text",
+        kt.write_kaldi_map(dec / "qa_test" / sub / "text",
                            {r["id"]: f"It is {a}." for r, a in zip(refs, answers)})
-    turns = dd.read_turn_info(recipe / "data/qa_test/turn_info")
+    turns = kt.read_turn_info(recipe / "data/qa_test/turn_info")
     (dec / "qa_test/turn").mkdir(parents=True)
-    dd.write_turn_info(dec / "qa_test/turn/turn_info",
+    kt.write_turn_info(dec / "qa_test/turn/turn_info",
                        {u: (lab, end + 0.3 if lab == 1 else -1) for u, (lab, end) in turns.items()})
     proc = bash("./run.sh --stage 16 --stop_stage 16", recipe)
     assert proc.returncode == 0, proc.stdout + proc.stderr

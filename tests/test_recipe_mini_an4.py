@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import validation
 from test_recipe_helpers import banner, bash, recipe_copy
 
 
@@ -44,7 +45,7 @@ def test_stages_1_to_8(mini_an4):
     lanes = recipe / "exp/log/lanes"
     assert (lanes / "stages_5.rc").read_text().strip() == "0"
     assert "--train_threads 1" in (lanes / "stages_6_7.log").read_text()
-    assert dd.validate_data_dir(recipe / "dump/raw16k/train", check_audio=True,
+    assert validation.validate_data_dir(recipe / "dump/raw16k/train", check_audio=True,
                                 sample_rate=16000) == []
     assert (recipe / "exp/llm/config.json").is_file()  # stage 5: local/build_llm.sh
     assert (recipe / "exp/token_list/char/tokens.txt").is_file()
@@ -79,7 +80,7 @@ def test_decoding_and_scoring(mini_an4):
     assert proc.returncode == 0, proc.stdout + proc.stderr + _logs(
         recipe, "exp/log/stage15_decode/*.log")
     assert re.search(banner(15), proc.stdout, re.M)
-    test_utts = set(dd.read_kaldi_map(recipe / "data/test/text"))
+    test_utts = set(kt.read_kaldi_map(recipe / "data/test/text"))
     for sub in ("asr_ctc", "asr_llm"):
         hyp = recipe / "exp/decode/test" / sub / "text"
         keys = {line.split(maxsplit=1)[0] for line in hyp.read_bytes().decode(

@@ -41,19 +41,32 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def save_like_trainer(task, argv, out: Path) -> Path:
+def save_like_trainer(task, argv, out: Path, adjust=None) -> Path:
     """Build a model through the Task and save what espnet's trainer would: the
-    state_dict and the config.yaml of the (build_model-updated) arguments."""
+    state_dict and the config.yaml of the (build_model-updated) arguments. `adjust(model)`
+    may set weights first, as training would have."""
     from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
     args = task.get_parser().parse_args(argv + ["--output_dir", str(out)])
     torch.manual_seed(0)
     model = task.build_model(args)
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(model)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "valid.loss.best.pth")
     with open(out / "config.yaml", "w", encoding="utf-8") as f:
         yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)
     return out / "valid.loss.best.pth"
+
+
+def answering_state_head(model):
+    """The random state head ignores every turn of this noise, and an ignored turn is never
+    voiced, so nothing would be spoken. A large respond bias makes it answer every turn (at
+    its first chunk) while its logits still depend on the input."""
+    from espnet_freeze_omni.models.speech_input import STATE_RESPOND
+
+    model.predictor_head.bias[STATE_RESPOND] += 100.0
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +89,8 @@ def work(tmp_path_factory):
     speech_input = save_like_trainer(SpeechInputTask, [
         "--config", str(REPO / "conf/speech_input_stage3_tiny.yaml"),
         "--token_list", str(root / "tokens.txt"), "--llm_conf", f"path={llm}",
-        "--normalize_conf", f"stats_file={stats}"], root / "exp" / "speech_input_stage3")
+        "--normalize_conf", f"stats_file={stats}"], root / "exp" / "speech_input_stage3",
+        adjust=answering_state_head)
     speech_output = save_like_trainer(SpeechOutputTask, [
         "--config", str(REPO / "conf/speech_output_stage3_tiny.yaml"),
         "--llm_conf", f"path={llm}"], root / "exp" / "speech_output_stage3")
@@ -220,8 +234,11 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
                  "turn/turn_info"):
         tables[name] = kaldi(out / name)
         assert sorted(tables[name]) == sorted(keys), name
-    # speech out: every turn the state head did not ignore (label 2), as in a duplex dialogue
+    # speech out: every turn the state head did not ignore (label 2), as in a duplex dialogue;
+    # the fixture's head answers each at its first chunk, so every turn is voiced
     voiced = sorted(k for k in keys if tables["turn/turn_info"][k].split()[0] != "2")
+    assert voiced == sorted(keys)
+    assert all(tables["turn/turn_info"][k] == "1 0.160" for k in keys), tables["turn/turn_info"]
     for name in ("speech_out/text", "speech_out/asr_text"):
         tables[name] = kaldi(out / name)
         assert sorted(tables[name]) == voiced, name
@@ -260,9 +277,8 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
                                          "--outputs", "speech_out", "--history_mode", "none",
                                          "--speak_ignored", "true"))
     assert sorted(p.name for p in alone.iterdir()) == ["speech_out"]
-    if "solo" in voiced:
-        np.testing.assert_array_equal(soundfile.read(alone / "speech_out/wav/solo.wav")[0],
-                                      soundfile.read(out / "speech_out/wav/solo.wav")[0])
+    np.testing.assert_array_equal(soundfile.read(alone / "speech_out/wav/solo.wav")[0],
+                                  soundfile.read(out / "speech_out/wav/solo.wav")[0])
 
 
 def test_ignored_turns_are_not_voiced(s2s, work, monkeypatch):

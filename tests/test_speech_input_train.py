@@ -97,6 +97,27 @@ def test_stage2_llm_loss_goes_down_and_starts_from_stage1(stage_dirs):
     assert last < first, (first, last)
     # --init_param carried the encoder: the first stage-2 epoch beats a fresh encoder's CTC
     assert stats[1]["train"]["loss_ctc"] < epoch_stats(s1)[1]["train"]["loss_ctc"]
+    # A falling loss alone does not show that the audio path learns: the task embeddings
+    # lower it by themselves. That the LLM loss reaches the adapter and the encoder is
+    # test_stage2_llm_loss_reaches_the_adapter_and_the_encoder.
+
+
+def test_stage2_llm_loss_reaches_the_adapter_and_the_encoder(spoken_corpus, stats_dir, tiny_llm_dir):
+    """Stage 2 exists to teach the encoder and the adapter to speak to the frozen LLM: the
+    LLM loss alone (CTC off, it reaches the encoder by itself) must give every adapter
+    parameter and the encoder's top layer a gradient, through the frozen LLM."""
+    model = build_model_from_config(2, spoken_corpus, stats_dir, tiny_llm_dir).train()
+    model.ctc_weight = 0.0
+    assert model.distill_weight == model.distill_hidden_weight == 0.0  # the stage-2 config
+    loss, stats, _ = model(**preprocessed_batch(spoken_corpus, tiny_llm_dir, ["tr000", "tr003"]))
+    assert torch.allclose(loss, stats["loss_llm"])  # nothing else in the loss
+    loss.backward()
+    for name, p in model.adapter.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"adapter.{name}: no gradient"
+    top = model.encoder.encoders[-1]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert model.task_embeddings.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.llm.parameters())
 
 
 def test_stage2_text_in_teacher_runs_through_the_data_loader(
@@ -149,6 +170,32 @@ def build_model_from_config(stage: int, corpus: Path, stats: Path, llm: Path):
     args = parser.parse_args(stage_cmd(corpus, stats, corpus / "unused", stage,
                                        "--llm_conf", f"path={llm}"))
     return SpeechInputTask.build_model(args)
+
+
+def preprocessed_batch(corpus: Path, llm: Path, utt_ids, split: str = "train") -> dict:
+    """Training-corpus utterances (audio + transcript) through the stage-2 preprocessor,
+    zero-padded into one batch with the *_lengths entries the model's forward takes."""
+    from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
+
+    pre = SpeechInputPreprocessor(train=True, llm_path=str(llm), token_type="char",
+                                  token_list=str(corpus / "tokens.txt"),
+                                  asr_instruction="Repeat after me:")
+    wavs = dict(line.split(maxsplit=1) for line in (corpus / split / "wav.scp").read_text().splitlines())
+    texts = dict(line.split(maxsplit=1) for line in (corpus / split / "text").read_text().splitlines())
+    items = []
+    for utt in utt_ids:
+        wav, _ = soundfile.read(wavs[utt].strip(), dtype="float32")
+        items.append(pre(utt, {"speech": wav, "text": texts[utt].strip()}))
+    batch = {}
+    for key in items[0]:
+        rows = [torch.as_tensor(item[key]) for item in items]
+        width = max(len(r) for r in rows)
+        padded = torch.zeros((len(rows), width), dtype=rows[0].dtype)
+        for i, r in enumerate(rows):
+            padded[i, :len(r)] = r
+        batch[key] = padded
+        batch[key + "_lengths"] = torch.tensor([len(r) for r in rows])
+    return batch
 
 
 def test_llm_weights_bitwise_unchanged_after_a_training_step(spoken_corpus, stats_dir, tiny_llm_dir):
@@ -226,10 +273,30 @@ def test_not_a_causal_lm_dir_is_named(spoken_corpus, stats_dir, tmp_path):
 
 
 def test_adapter_size_mismatch_names_sizes_and_path(spoken_corpus, stats_dir, tiny_llm_dir, tmp_path):
-    with pytest.raises(ValueError, match=rf"999.*{tiny_llm_dir}"):
+    import json
+
+    llm_size = json.loads((tiny_llm_dir / "config.json").read_text())["hidden_size"]
+    with pytest.raises(ValueError) as err:
         speech_input_train.main(stage_cmd(spoken_corpus, stats_dir, tmp_path / "o", 2,
                                           "--llm_conf", f"path={tiny_llm_dir}",
                                           "--speech_adapter_conf", "llm_embed_dim=999"))
+    msg = str(err.value)
+    assert str(tiny_llm_dir) in msg, msg  # which LLM it was
+    # and both sizes, the adapter's and the LLM's, as whole numbers outside the path
+    sizes = set(re.findall(r"\d+", msg.replace(str(tiny_llm_dir), "")))
+    assert {"999", str(llm_size)} <= sizes, msg
+
+    # the model's own guard, for an adapter built outside the Task, says the same
+    from espnet_freeze_omni.adapter import ConvAdapter
+
+    model = build_model_from_config(2, spoken_corpus, stats_dir, tiny_llm_dir)
+    with pytest.raises(ValueError) as err:
+        type(model)(len(model.token_list), model.token_list, frontend=None, specaug=None,
+                    normalize=None, encoder=model.encoder, ctc=model.ctc, llm=model.llm,
+                    adapter=ConvAdapter(model.encoder.output_size(), 999))
+    msg = str(err.value)
+    assert str(tiny_llm_dir) in msg, msg
+    assert {"999", str(llm_size)} <= set(re.findall(r"\d+", msg.replace(str(tiny_llm_dir), ""))), msg
 
 
 def test_bad_audio_is_reported_by_utterance_and_file(spoken_corpus, stats_dir, tmp_path):
@@ -250,28 +317,48 @@ def test_bad_audio_is_reported_by_utterance_and_file(spoken_corpus, stats_dir, t
     with pytest.raises(RuntimeError) as err:
         speech_input_train.main(cmd)
     msg = str(err.value)
-    assert f"'{ids[0]}' ({broken}): cannot be read" in msg
-    assert f"'{ids[1]}' ({empty}): is empty" in msg
-    assert f"'{ids[2]}' ({slow}): sample rate 8000 Hz, expected 16000 Hz" in msg
+    assert f"[{ids[0]}] audio {broken}: cannot be read" in msg
+    assert f"[{ids[1]}] audio {empty}: is empty" in msg
+    assert f"[{ids[2]}] audio {slow}: sample rate 8000 Hz, expected 16000 Hz" in msg
     assert f"{bad}/wav.scp:1:" in msg
 
 
 # ---------------------------------------------------------------------------- decoding
-def test_streaming_listen_matches_offline_state_head(stage_dirs, spoken_corpus, tiny_llm_dir):
-    """Chunk-by-chunk listening (encoder, adapter and LLM caches) == one causal forward."""
+def test_streaming_listen_matches_offline_state_head(stage_dirs, spoken_corpus):
+    """Chunk-by-chunk listening (encoder K/V cache with its bounded left context, adapter
+    conv cache, LLM K/V cache after a chat history) gives the state head the logits of one
+    offline forward with the encoder's chunk mask, on audio several left contexts long."""
     from espnet_freeze_omni.inference.speech_input_inference import SpeechInputInference
 
     s3 = stage_dirs[2]
     dec = SpeechInputInference.from_files(s3 / "config.yaml", s3 / "4epoch.pth")
     model = dec.model
-    wav_path = (spoken_corpus / "valid" / "wav.scp").read_text().split()[1]
-    wav, _ = soundfile.read(wav_path, dtype="float32")
-    result = dec.listen(wav)
+    # the four valid questions back to back: the left context slides over most of it
+    paths = [line.split(maxsplit=1)[1].strip()
+             for line in (spoken_corpus / "valid" / "wav.scp").read_text().splitlines()]
+    wav = np.concatenate([soundfile.read(p, dtype="float32")[0] for p in paths])
+    history = [{"role": "user", "content": "where does anna live"},
+               {"role": "assistant", "content": "anna lives in paris"}]
+
+    streamed = []
+    state_logits = model.state_logits
+
+    def recording(hidden):  # what listen() feeds the state head, chunk by chunk
+        logits = state_logits(hidden)
+        streamed.append(logits.detach().clone())
+        return logits
+
+    model.state_logits = recording  # an instance attribute shadows the method
+    try:
+        result = dec.listen(wav, history)
+    finally:
+        del model.state_logits
+    streamed = torch.cat(streamed)
 
     with torch.no_grad():
         speech, lengths = dec._batch(wav)
         audio, audio_lengths, _, _ = model.audio_embeddings(speech, lengths)
-        prefix = dec._ids(dec.template.prefix_ids(None))
+        prefix = dec._ids(dec.template.prefix_ids(history))
         inputs, mask, _, start = model.assemble(
             prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
             dec._ids([]), torch.tensor([0]), dec._ids([]), torch.tensor([0]))
@@ -279,9 +366,12 @@ def test_streaming_listen_matches_offline_state_head(stage_dirs, spoken_corpus, 
         per = model.embeddings_per_chunk
         n = int(audio_lengths[0])
         last = [min((c + 1) * per, n) - 1 for c in range((n + per - 1) // per)]
-        offline = model.state_logits(hidden[0, [int(start[0]) + i for i in last]]).argmax(-1)
-    assert result.states == offline.tolist()
-    assert len(result.states) == len(last)
+        offline = model.state_logits(hidden[0, [int(start[0]) + i for i in last]])
+    # long enough that most chunks no longer see the first ones
+    assert len(last) > 3 * model.encoder.left_chunks, (len(last), model.encoder.left_chunks)
+    assert streamed.shape == offline.shape
+    torch.testing.assert_close(streamed, offline, atol=1e-4, rtol=1e-4)
+    assert result.states == offline.argmax(-1).tolist()
 
 
 def test_decoding_entry_point_writes_every_utterance(stage_dirs, spoken_corpus, tmp_path):
@@ -492,3 +582,91 @@ def test_answer_follows_audio_cut_after_the_turn_end():
         off = types.SimpleNamespace(**{**vars(fake), **change})
         assert torch.equal(SpokenDialogModel.answered_audio_lengths(off, lengths, turn_info),
                            lengths)
+
+
+# ---------------------------------------------------------------------------- state head labels
+LISTEN, RESPOND, IGNORE, UNLABELLED = 0, 1, 2, -100
+
+
+def test_chunk_state_labels_listen_until_the_turn_end_delay_then_respond_or_ignore(
+        spoken_corpus, stats_dir, tiny_llm_dir):
+    """The state head learns one label per 160 ms chunk from turn_info (label, speech end):
+    listen until the first chunk ending `turn_end_delay` or more after the speech end, then
+    respond for a turn addressed to the assistant and ignore for side talk; chunks after an
+    utterance's end (batch padding) carry no label. Expected rows are written out by hand."""
+    model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir)
+    assert model.chunk_seconds == pytest.approx(0.16) and model.embeddings_per_chunk == 2
+    assert model.turn_end_delay == pytest.approx(0.32)  # the tiny config's value
+    L, R, I, U = LISTEN, RESPOND, IGNORE, UNLABELLED
+    audio_lengths = torch.tensor([24, 24, 19, 24])  # 12, 12, 10 (last one partial), 12 chunks
+    turn_info = torch.tensor([[1.0, 1.0], [2.0, 1.0], [1.0, 0.5], [1.0, 5.0]])
+    # 1.0 s + 0.32 s = 1.32 s: chunk 9 (ends 1.44 s) is the first; 0.5 + 0.32 = 0.82: chunk 6
+    # (ends 0.96 s); speech ending after the recording: listen throughout
+    assert model.chunk_state_labels(audio_lengths, turn_info).tolist() == [
+        [L] * 8 + [R] * 4,
+        [L] * 8 + [I] * 4,
+        [L] * 5 + [R] * 5 + [U] * 2,
+        [L] * 12,
+    ]
+    model.turn_end_delay = 0.0  # the delay is the model's own setting, not a constant
+    # 1.0 s lies inside chunk 7 (0.96-1.12 s), 0.5 s inside chunk 4 (0.48-0.64 s)
+    assert model.chunk_state_labels(audio_lengths, turn_info).tolist() == [
+        [L] * 6 + [R] * 6,
+        [L] * 6 + [I] * 6,
+        [L] * 3 + [R] * 7 + [U] * 2,
+        [L] * 12,
+    ]
+
+
+def test_side_talk_in_the_corpus_is_trained_as_ignore(spoken_corpus, stats_dir, tiny_llm_dir):
+    """From the training corpus' own turn_info lines through the preprocessor to the labels:
+    a question ends in respond, side talk in ignore, and neither holds the other's label."""
+    from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
+
+    model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir)
+    pre = SpeechInputPreprocessor(train=False, llm_path=str(tiny_llm_dir), token_type="char",
+                                  token_list=str(spoken_corpus / "tokens.txt"))
+    train = spoken_corpus / "train"
+    table = {name: dict(line.split(maxsplit=1) for line in (train / name).read_text().splitlines())
+             for name in ("wav.scp", "answer", "history", "turn_info")}
+    rows, lengths = [], []
+    for utt in ("tr000", "tr010"):  # a question and side talk (tests/conftest.py)
+        wav, _ = soundfile.read(table["wav.scp"][utt].strip(), dtype="float32")
+        item = pre(utt, {"speech": wav, "answer": table["answer"][utt],
+                         "history": table["history"][utt], "turn_info": table["turn_info"][utt]})
+        rows.append(torch.as_tensor(item["turn_info"]))
+        # a long enough audio for every chunk up to well after the speech end
+        lengths.append(int(np.ceil((float(item["turn_info"][1]) + 1.0) / 0.16)) * 2)
+        if utt == "tr010":
+            assert len(item["llm_target"]) == 0  # side talk gets no answer either
+    labels = model.chunk_state_labels(torch.tensor(lengths), torch.stack(rows))
+    question, side_talk = labels[0][labels[0] != UNLABELLED], labels[1][labels[1] != UNLABELLED]
+    assert question[0] == LISTEN and question[-1] == RESPOND and IGNORE not in question
+    assert side_talk[0] == LISTEN and side_talk[-1] == IGNORE and RESPOND not in side_talk
+
+
+def test_state_loss_reads_each_chunks_last_audio_position_against_its_label(
+        spoken_corpus, stats_dir, tiny_llm_dir):
+    """The state loss is the cross-entropy of the head's logits at the last audio embedding
+    of every chunk against that chunk's label; positions and labels are written out here."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    hidden = torch.randn(2, 12, model.llm.hidden_size)
+    audio_start = torch.tensor([3, 5])
+    audio_lengths = torch.tensor([7, 6])  # 4 chunks (the last of one embedding) and 3
+    # speech end + 0.32 s = 0.42 s (row 0, addressed) and 0.37 s (row 1, side talk): the
+    # first two chunks (ending 0.16 and 0.32 s) listen, the later ones respond / ignore
+    turn_info = torch.tensor([[1.0, 0.10], [2.0, 0.05]])
+    rows = [0, 0, 0, 0, 1, 1, 1]
+    positions = [3 + 1, 3 + 3, 3 + 5, 3 + 6, 5 + 1, 5 + 3, 5 + 5]
+    labels = torch.tensor([LISTEN, LISTEN, RESPOND, RESPOND, LISTEN, LISTEN, IGNORE])
+    with torch.no_grad():
+        logits = model.state_logits(hidden[rows, positions])
+        expected = F.cross_entropy(logits, labels)
+        expected_acc = (logits.argmax(-1) == labels).float().mean()
+        loss, weight, stats = model._state_loss(hidden, audio_lengths, audio_start, turn_info)
+    assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
+    assert torch.allclose(stats["acc_state"], expected_acc)
+    assert weight == model.state_weight

@@ -6,7 +6,9 @@ import soundfile
 
 import pytest
 
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import spoken_turns
+from espnet_freeze_omni.data import validation
 from espnet_freeze_omni.data.espeak import pick_voice, synthesize
 from espnet_freeze_omni.data.synthetic_world import (ASSISTANT_VOICE, REPEAT_PROMPT,
                                                      TTS_TRAILING_SILENCE, CorpusSizes,
@@ -169,13 +171,13 @@ def test_spoken_data_dirs(tmp_path):
     corpus = make_corpus(tmp_path, seed=0, sizes=sizes, num_workers=2)
     assert {p.name for p in tmp_path.iterdir()} >= {"tts_train", "tts_dev"}
     for name in TTS_SETS:  # one speaker: the assistant's voice
-        assert set(dd.read_kaldi_map(tmp_path / name / "utt2spk").values()) == \
+        assert set(kt.read_kaldi_map(tmp_path / name / "utt2spk").values()) == \
             {"en-us-s160-p50"}, name
     for name, utts in corpus.spoken.items():
         d = tmp_path / name
-        assert dd.validate_data_dir(d, check_audio=True, sample_rate=16000) == [], name
-        turns = dd.read_turn_info(d / "turn_info")
-        wav = dd.read_kaldi_map(d / "wav.scp")
+        assert validation.validate_data_dir(d, check_audio=True, sample_rate=16000) == [], name
+        turns = kt.read_turn_info(d / "turn_info")
+        wav = kt.read_kaldi_map(d / "wav.scp")
         for u in utts:
             label, end = turns[u.utt_id]
             assert label == u.label
@@ -183,7 +185,7 @@ def test_spoken_data_dirs(tmp_path):
             # speech ends before the padded silence (0.6-1.0 s; TTS_TRAILING_SILENCE for TTS)
             assert 0.3 < end <= duration - u.trailing_silence + 0.02
     refs = [json.loads(l) for l in (tmp_path / "local/world/qa_test_refs.jsonl").open()]
-    assert {r["id"] for r in refs} <= set(dd.read_kaldi_map(tmp_path / "qa_test" / "text"))
+    assert {r["id"] for r in refs} <= set(kt.read_kaldi_map(tmp_path / "qa_test" / "text"))
 
 
 def test_paused_questions_change_nothing_else_and_hold_a_real_pause(tmp_path):
@@ -205,9 +207,9 @@ def test_paused_questions_change_nothing_else_and_hold_a_real_pause(tmp_path):
 
     u = with_pause[0]
     d = tmp_path / "one"
-    dd.synthesize_turn_datadir([dd.SpokenTurn(u.utt_id, u.text, 1, u.voice_index,
+    spoken_turns.synthesize_turn_datadir([spoken_turns.SpokenTurn(u.utt_id, u.text, 1, u.voice_index,
                                               u.trailing_silence, u.pause)], d, tmp_path / "w")
-    wav, rate = soundfile.read(dd.read_kaldi_map(d / "wav.scp")[u.utt_id], dtype="float32")
+    wav, rate = soundfile.read(kt.read_kaldi_map(d / "wav.scp")[u.utt_id], dtype="float32")
     frames = np.abs(wav[: len(wav) // 160 * 160]).reshape(-1, 160).max(axis=1)
     silent = frames < 0.01 * frames.max()
     runs, run = [], 0  # silent stretches (10 ms frames) inside the speech
@@ -216,5 +218,5 @@ def test_paused_questions_change_nothing_else_and_hold_a_real_pause(tmp_path):
         run = run + 1 if s else 0
         runs.append(run)
     assert max(runs) * 0.01 >= u.pause[1] - 0.05
-    _, end = dd.read_turn_info(d / "turn_info")[u.utt_id]
+    _, end = kt.read_turn_info(d / "turn_info")[u.utt_id]
     assert end >= u.pause[1] + 0.2 and end <= len(wav) / rate - u.trailing_silence + 0.02

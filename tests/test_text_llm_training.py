@@ -100,7 +100,9 @@ def test_resume_continues_like_an_uninterrupted_run(llm_dir, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         train_text_llm(llm_dir, dialogs, tmp_path / "run", **kwargs)
     monkeypatch.setattr(text_training, "_save", save)
-    assert torch.load(tmp_path / "run" / STATE_FILE, weights_only=False)["step"] == 4
+    # the step-4 checkpoint is kept beside the output folder, which appears only when finished
+    assert torch.load(tmp_path / "run.training" / STATE_FILE, weights_only=False)["step"] == 4
+    assert not (tmp_path / "run").exists()
     resumed = train_text_llm(llm_dir, dialogs, tmp_path / "run", resume=True, **kwargs)
     assert resumed["step"] == 6 and len(resumed["losses"]) == 6
     assert resumed["losses"] == pytest.approx(full["losses"], rel=1e-4)

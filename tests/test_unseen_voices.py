@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_freeze_omni.data import datadir as dd
+from espnet_freeze_omni.data import kaldi_table as kt
+from espnet_freeze_omni.data import validation
 from espnet_freeze_omni.data.espeak import (UNSEEN_TEST_CONDITIONS, VOICES, HeldOutConditions,
                                             make_noise, pick_voice, synthesize, voice_parts)
 from espnet_freeze_omni.data.synthetic_world import (SPOKEN_SETS, UNSEEN_TEST_SET, CorpusSizes,
@@ -136,19 +137,19 @@ def test_other_sets_are_byte_identical_with_or_without_it(corpora):
 def test_same_questions_and_references_as_qa_test_in_held_out_conditions(corpora):
     root, corpus = corpora
     qa, un = root / "with" / "qa_test", root / "with" / UNSEEN_TEST_SET
-    assert dd.validate_data_dir(un, check_audio=True, sample_rate=16000) == []
-    assert dd.read_kaldi_map(un / "text") == dd.read_kaldi_map(qa / "text")
+    assert validation.validate_data_dir(un, check_audio=True, sample_rate=16000) == []
+    assert kt.read_kaldi_map(un / "text") == kt.read_kaldi_map(qa / "text")
     world = root / "with" / "local" / "world"
     assert (world / f"{UNSEEN_TEST_SET}_refs.jsonl").read_bytes() == \
         (world / "qa_test_refs.jsonl").read_bytes()
     refs = [json.loads(line) for line in (world / f"{UNSEEN_TEST_SET}_refs.jsonl").open()]
-    assert {r["id"] for r in refs} < set(dd.read_kaldi_map(un / "text"))  # + side talk
+    assert {r["id"] for r in refs} < set(kt.read_kaldi_map(un / "text"))  # + side talk
     # every utterance in held-out conditions, its speaker naming them; all noises drawn
     plan = {u.utt_id: u for u in corpus.unseen_test}
-    assert set(plan) == set(dd.read_kaldi_map(un / "text"))
+    assert set(plan) == set(kt.read_kaldi_map(un / "text"))
     assert {u.noise for u in plan.values()} == {"clean", "white", "pink"}
     assert len({u.voice for u in plan.values()}) == min(len(plan), len(C.voices))
-    utt2spk = dd.read_kaldi_map(un / "utt2spk")
+    utt2spk = kt.read_kaldi_map(un / "utt2spk")
     for utt, u in plan.items():
         assert u.voice in C.voices and u.speed in C.speeds and u.pitch in C.pitches
         assert (u.noise, u.snr_db) in C.noises
@@ -156,9 +157,9 @@ def test_same_questions_and_references_as_qa_test_in_held_out_conditions(corpora
     tsv = (world / f"utterances_{UNSEEN_TEST_SET}.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in tsv] == [u.utt_id for u in corpus.unseen_test]
     # same labels as qa_test, other audio, the speech end measured on the clean speech
-    ref_turns, turns = dd.read_turn_info(qa / "turn_info"), dd.read_turn_info(un / "turn_info")
+    ref_turns, turns = kt.read_turn_info(qa / "turn_info"), kt.read_turn_info(un / "turn_info")
     assert set(turns) == set(ref_turns)
-    qa_wav, un_wav = dd.read_kaldi_map(qa / "wav.scp"), dd.read_kaldi_map(un / "wav.scp")
+    qa_wav, un_wav = kt.read_kaldi_map(qa / "wav.scp"), kt.read_kaldi_map(un / "wav.scp")
     for utt, u in plan.items():
         assert turns[utt][0] == ref_turns[utt][0] == u.label
         assert Path(un_wav[utt]).read_bytes() != Path(qa_wav[utt]).read_bytes(), utt
@@ -205,8 +206,8 @@ def test_data_sh_makes_only_the_unseen_set(tmp_path, corpora):
     made = recipe / "data" / UNSEEN_TEST_SET
     for name in ("text", "utt2spk", "spk2utt", "turn_info"):
         assert (made / name).read_bytes() == (root / "with" / UNSEEN_TEST_SET / name).read_bytes()
-    full = dd.read_kaldi_map(root / "with" / UNSEEN_TEST_SET / "wav.scp")
-    for utt, path in dd.read_kaldi_map(made / "wav.scp").items():
+    full = kt.read_kaldi_map(root / "with" / UNSEEN_TEST_SET / "wav.scp")
+    for utt, path in kt.read_kaldi_map(made / "wav.scp").items():
         assert Path(path).read_bytes() == Path(full[utt]).read_bytes(), utt
     run_sh = (recipe / "run.sh").read_text()
     assert f'--qa_test_sets "qa_test {UNSEEN_TEST_SET}"' in run_sh

@@ -144,19 +144,6 @@ def summarize(values_ms: Sequence[float]) -> Dict[str, float]:
                 min=float(values.min()), max=float(values.max()))
 
 
-def energy_speech_end(wav: np.ndarray, rate: int, frame_seconds: float = 0.01,
-                      relative: float = 0.02) -> float:
-    """Seconds to the end of the last 10 ms frame louder than 2 % of the loudest frame's
-    RMS: where the speaker stops, whatever silence follows."""
-    hop = max(1, int(rate * frame_seconds))
-    n = len(wav) // hop
-    if n == 0:
-        return 0.0
-    rms = np.sqrt((wav[:n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1))
-    loud = np.flatnonzero(rms > max(rms.max() * relative, 1e-5))
-    return 0.0 if not len(loud) else float((loud[-1] + 1) * hop / rate)
-
-
 # ---------------------------------------------------------------------------- dialogues
 @dataclasses.dataclass
 class Dialogue:
@@ -184,16 +171,16 @@ def synthesized_dialogues(count: int, work: Path, inputs: str, lead: float, tail
         inputs = "espeak" if shutil.which("espeak-ng") and shutil.which("sox") else "noise"
     dialogues = []
     if inputs == "espeak":
-        import soundfile
-
+        from espnet_freeze_omni.data.audio import load_audio
         from espnet_freeze_omni.data.espeak import pick_voice, synthesize
+        from espnet_freeze_omni.data.speech_end import speech_end
 
         for i in range(count):
             text = QUESTIONS[i % len(QUESTIONS)]
             path = synthesize(text, work / "inputs" / f"q{i:03d}.wav", sample_rate=SAMPLE_RATE,
                               **pick_voice(i))
-            speech, _ = soundfile.read(path, dtype="float32")
-            end = energy_speech_end(speech, SAMPLE_RATE)
+            speech = load_audio(str(path), SAMPLE_RATE)
+            end = speech_end(speech, SAMPLE_RATE)
             speech = speech[:int(round(end * SAMPLE_RATE))]  # espeak's own trailing silence
             dialogues.append(Dialogue(f"q{i:03d}", np.concatenate(
                 [silence(lead), speech, silence(tail)]), lead + len(speech) / SAMPLE_RATE))
@@ -210,14 +197,15 @@ def synthesized_dialogues(count: int, work: Path, inputs: str, lead: float, tail
 def wav_scp_dialogues(wav_scp: Path, count: int, tail: float) -> Tuple[List[Dialogue], str]:
     """The first `count` addressed turns of a wav.scp; speech end from the turn_info beside
     it, else by energy."""
-    from espnet_freeze_omni.codec.abs_codec import resample
-    from espnet_freeze_omni.codec.audio_io import load_wav, read_wav_scp
+    from espnet_freeze_omni.data.audio import load_audio
+    from espnet_freeze_omni.data.kaldi_table import read_wav_scp
+    from espnet_freeze_omni.data.speech_end import speech_end
 
     entries = read_wav_scp(wav_scp)
     turn_info = {}
     info_file = wav_scp.parent / "turn_info"
     if info_file.is_file():
-        from espnet_freeze_omni.data.datadir import read_turn_info
+        from espnet_freeze_omni.data.kaldi_table import read_turn_info
 
         turn_info = read_turn_info(info_file)
     dialogues = []
@@ -226,10 +214,8 @@ def wav_scp_dialogues(wav_scp: Path, count: int, tail: float) -> Tuple[List[Dial
             break
         if utt in turn_info and turn_info[utt][0] != 1:
             continue  # side talk: not a question to answer
-        wav, rate = load_wav(spec, utt)
-        if rate != SAMPLE_RATE:
-            wav = resample(wav, rate, SAMPLE_RATE)
-        end = turn_info[utt][1] if utt in turn_info else energy_speech_end(wav, SAMPLE_RATE)
+        wav = load_audio(spec, SAMPLE_RATE, utt)
+        end = turn_info[utt][1] if utt in turn_info else speech_end(wav, SAMPLE_RATE)
         dialogues.append(Dialogue(utt, np.concatenate([wav, silence(tail)]), float(end)))
     source = "turn_info" if turn_info else "energy (no turn_info beside it)"
     return dialogues, f"{wav_scp} (speech end from {source}), {tail:.2f} s silence after"

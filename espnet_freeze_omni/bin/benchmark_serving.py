@@ -70,15 +70,14 @@ class UserResult:
 # ---------------------------------------------------------------------------- questions
 def spoken_questions(work: Path, count: int) -> List[np.ndarray]:
     """Spoken questions at 16 kHz, cut at their last sound (the speech end is the end)."""
-    import soundfile
-
+    from espnet_freeze_omni.data.audio import load_audio
     from espnet_freeze_omni.data.espeak import pick_voice, synthesize
 
     out = []
     for i in range(count):
         path = synthesize(QUESTIONS[i % len(QUESTIONS)], work / f"q{i:02d}.wav",
                           sample_rate=RATE, **pick_voice(i))
-        wav, _ = soundfile.read(path, dtype="float32")
+        wav = load_audio(str(path), RATE)
         loud = np.flatnonzero(np.abs(wav) > 0.02)
         out.append(wav[:loud[-1] + 1] if len(loud) else wav)
     return out

@@ -91,7 +91,7 @@ class TimedCodec(AbsCodec):
 def build_codec(codec_conf: Optional[str]):
     """(codec, description)."""
     if codec_conf:
-        from espnet_freeze_omni.codec.abs_codec import load_codec
+        from espnet_freeze_omni.codec import load_codec
 
         codec = load_codec(codec_conf)
         return codec, f"{type(codec).__name__} from {codec_conf}"

@@ -56,13 +56,13 @@ from espnet2.utils import config_argparse
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
+from espnet_freeze_omni.data.kaldi_table import read_keys
 from espnet_freeze_omni.inference.decode_options import (
     OUTPUTS,
     add_model_arguments,
     add_synthesis_arguments,
     build_speech2speech,
     parse_decode_args,
-    read_keys,
     wav_scp_of,
 )
 
@@ -142,8 +142,8 @@ def decode(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from espnet_freeze_omni.codec.abs_codec import resample
-    from espnet_freeze_omni.codec.audio_io import load_wav, read_wav_scp
+    from espnet_freeze_omni.data.audio import load_audio
+    from espnet_freeze_omni.data.kaldi_table import read_wav_scp
     from espnet_freeze_omni.inference.duplex_runner import run_duplex
 
     if args.num_threads > 0:
@@ -162,8 +162,7 @@ def decode(args: argparse.Namespace) -> Path:
     lines: Dict[str, str] = {}
     total_audio = total_compute = 0.0
     for utt in tqdm(keys, desc="duplex", unit="item"):
-        wav, rate = load_wav(wavs[utt], utt)
-        wav = resample(wav.astype(np.float32), rate, s2s.input_sample_rate)
+        wav = load_audio(wavs[utt], s2s.input_sample_rate, utt)
         try:
             session = s2s.session(**options)
             session.reseed(utt)
@@ -186,7 +185,7 @@ def decode(args: argparse.Namespace) -> Path:
         lines[utt] = json.dumps(summary, ensure_ascii=False, sort_keys=True)
         total_audio += duration
         total_compute += spent
-    from espnet_freeze_omni.data.datadir import write_kaldi_map
+    from espnet_freeze_omni.data.kaldi_table import write_kaldi_map
 
     write_kaldi_map(out_dir / "summary", lines)
     logging.info("duplex: %d item(s), %.1f s of input in %.1f s of compute (RTF %.3f, clock "

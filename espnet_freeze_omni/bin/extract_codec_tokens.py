@@ -25,17 +25,15 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
+
 
 def _codec_conf(codec_conf: Optional[str], codec_dir: Optional[str]) -> Dict:
     if (codec_conf is None) == (codec_dir is None):
         raise ValueError("give exactly one of --codec_conf and --codec_dir")
     if codec_dir is not None:
         return {"type": "embedded", "path": str(codec_dir)}
-    with open(codec_conf) as f:
-        conf = yaml.safe_load(f)
-    if not isinstance(conf, dict):
-        raise ValueError(f"{codec_conf} must hold a mapping (see codec.abs_codec.load_codec)")
-    return conf
+    return read_yaml_mapping(codec_conf, "codec config")
 
 
 def _run_job(conf: Dict, items: List[Tuple[str, str]], out_file: str, progress,
@@ -47,15 +45,15 @@ def _run_job(conf: Dict, items: List[Tuple[str, str]], out_file: str, progress,
     """
     import torch
 
-    from espnet_freeze_omni.codec.abs_codec import load_codec
-    from espnet_freeze_omni.codec.audio_io import load_wav
+    from espnet_freeze_omni.codec import load_codec
+    from espnet_freeze_omni.data.audio import read_audio
 
     torch.set_num_threads(num_threads)
     codec = load_codec(conf)
     tmp = out_file + ".tmp"
     with open(tmp, "w") as f:
         for utt, spec in items:
-            wav, sr = load_wav(spec, utt)
+            wav, sr = read_audio(spec, utt)
             tokens = codec.encode(wav, sr)
             if len(tokens) == 0:
                 raise RuntimeError(f"utterance {utt}: audio {spec!r} gave no codec tokens")
@@ -69,7 +67,7 @@ def _run_job(conf: Dict, items: List[Tuple[str, str]], out_file: str, progress,
 def extract_codec_tokens(conf: Dict, data_dir: str, output_dir: str, nj: int = 1,
                          num_threads: int = 1, progress: bool = True) -> Path:
     """Encode data_dir/wav.scp with the codec `conf`; see the module docstring for outputs."""
-    from espnet_freeze_omni.codec.audio_io import read_wav_scp
+    from espnet_freeze_omni.data.kaldi_table import read_wav_scp
 
     wav_scp = Path(data_dir) / "wav.scp"
     items = list(read_wav_scp(wav_scp).items())

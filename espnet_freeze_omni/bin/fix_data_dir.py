@@ -11,7 +11,7 @@ import sys
 
 from espnet2.utils.types import int_or_none, str2bool
 
-from espnet_freeze_omni.data.datadir import fix_data_dir
+from espnet_freeze_omni.data.validation import fix_data_dir
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(cmd=None) -> int:
-    from espnet_freeze_omni.data.datadir import read_kaldi_map
+    from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
 
     args = get_parser().parse_args(cmd)
     babble = None

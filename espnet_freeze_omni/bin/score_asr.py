@@ -15,7 +15,7 @@ import sys
 
 from espnet2.utils.types import str2bool, str_or_none
 
-from espnet_freeze_omni.data.datadir import read_kaldi_map
+from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
 from espnet_freeze_omni.scoring.results import METRICS, write_metric
 from espnet_freeze_omni.scoring.sclite import score_error_rate
 

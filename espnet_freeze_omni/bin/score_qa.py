@@ -20,7 +20,7 @@ from pathlib import Path
 
 from espnet2.utils.types import str_or_none
 
-from espnet_freeze_omni.data.datadir import read_turn_info
+from espnet_freeze_omni.data.kaldi_table import read_turn_info
 from espnet_freeze_omni.scoring import qa_containment, turn_end
 from espnet_freeze_omni.scoring.results import METRICS, write_metric
 

@@ -96,22 +96,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 def load_input(path: str, rate: int) -> np.ndarray:
     """A wav of any rate / channel count as mono float32 at `rate` (logged when converted)."""
-    import soundfile
-
-    from espnet_freeze_omni.codec.abs_codec import resample
-    from espnet_freeze_omni.codec.audio_io import load_wav
+    from espnet_freeze_omni.data.audio import load_audio
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"input audio not found: {path}")
-    try:
-        info = soundfile.info(path)
-    except Exception as e:
-        raise RuntimeError(f"cannot read audio {path}: {e}") from e
-    wav, file_rate = load_wav(path, Path(path).stem)
-    if info.channels != 1 or file_rate != rate:
-        logging.info("%s: %d channel(s) at %d Hz -> mono %d Hz", path, info.channels,
-                     file_rate, rate)
-    return resample(wav.astype(np.float32), file_rate, rate)
+    return load_audio(path, rate)
 
 
 def write_events(path: Path, events) -> None:

@@ -62,13 +62,13 @@ from espnet2.utils import config_argparse
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
+from espnet_freeze_omni.data.kaldi_table import read_keys
 from espnet_freeze_omni.inference.decode_options import (
     OUTPUTS,
     add_model_arguments,
     add_synthesis_arguments,
     build_speech2speech,
     parse_decode_args,
-    read_keys,
     wav_scp_of,
 )
 
@@ -143,7 +143,7 @@ class Questions:
     """The text question of each utterance: --qa_refs by id, else the data dir's `text`."""
 
     def __init__(self, qa_refs: Optional[str], data_dir: Path):
-        from espnet_freeze_omni.data.datadir import read_kaldi_map
+        from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
         from espnet_freeze_omni.scoring.qa_containment import load_references
 
         self.sources = []
@@ -194,11 +194,9 @@ class TestSetDecoder:
         self._speech_answers: Dict[str, str] = {}  # texts only: histories need no hidden states
 
     def load(self, utt: str) -> np.ndarray:
-        from espnet_freeze_omni.codec.abs_codec import resample
-        from espnet_freeze_omni.codec.audio_io import load_wav
+        from espnet_freeze_omni.data.audio import load_audio
 
-        wav, rate = load_wav(self.wavs[utt], utt)
-        return resample(wav, rate, self.s2s.input_sample_rate)
+        return load_audio(self.wavs[utt], self.s2s.input_sample_rate, utt)
 
     # -- text in: batched through generate_answers, each dialog with its own answers
     def text_answers(self, keys: List[str]) -> Dict[str, str]:
@@ -320,7 +318,7 @@ class TestSetDecoder:
                           wav_dir: Path) -> None:
         import soundfile
 
-        from espnet_freeze_omni.codec.abs_codec import resample
+        from espnet_freeze_omni.data.audio import resample
 
         s2s = self.s2s
         result = self.session_turn(utt)
@@ -356,7 +354,7 @@ class TestSetDecoder:
                          wav_dir: Path) -> None:
         import soundfile
 
-        from espnet_freeze_omni.codec.abs_codec import resample
+        from espnet_freeze_omni.data.audio import resample
         from espnet_freeze_omni.models.speech_input import STATE_IGNORE
 
         s2s = self.s2s
@@ -409,7 +407,7 @@ def decode(args: argparse.Namespace) -> Path:
     """Decode --key_file's utterances of the data dir; returns --output_dir."""
     from tqdm import tqdm
 
-    from espnet_freeze_omni.codec.audio_io import read_wav_scp
+    from espnet_freeze_omni.data.kaldi_table import read_wav_scp
 
     wav_scp = wav_scp_of(args)
     wavs = read_wav_scp(wav_scp)

@@ -7,7 +7,9 @@
     --mode listen   streaming state-head decisions   -> <output_dir>/turn_info
                     (`utt_id <first non-listen state> <seconds>`, state 0 = never decided)
 
-Recipes split the scp over JOB=1:N with --key_file, as espnet's asr_inference does.
+Recipes split the scp over JOB=1:N with --key_file, as espnet's asr_inference does. Audio
+at another sample rate than the model's frontend, or with several channels, is resampled
+and downmixed (and logged), never decoded as if it were at the model's rate.
 """
 from __future__ import annotations
 
@@ -16,20 +18,10 @@ import json
 import logging
 from pathlib import Path
 
-import soundfile
 from tqdm import tqdm
 
+from espnet_freeze_omni.data.kaldi_table import read_kaldi_map, read_keys, read_wav_scp
 from espnet_freeze_omni.inference.speech_input_inference import SpeechInputInference
-
-
-def read_kaldi_text(path: str) -> dict:
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                parts = line.rstrip("\n").split(maxsplit=1)
-                out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    return out
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -53,20 +45,15 @@ def main(cmd=None):
     decoder = SpeechInputInference.from_files(
         args.train_config, args.model_file, device="cuda" if args.ngpu > 0 else "cpu",
         llm_path=args.llm_path, max_new_tokens=args.max_new_tokens)
-    wavs = read_kaldi_text(args.wav_scp)
-    keys = list(read_kaldi_text(args.key_file)) if args.key_file else sorted(wavs)
-    histories = read_kaldi_text(args.history) if args.history else {}
+    wavs = read_wav_scp(args.wav_scp)
+    keys = read_keys(args.key_file, wavs, args.wav_scp) if args.key_file else sorted(wavs)
+    histories = read_kaldi_map(args.history) if args.history else {}
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_name = "turn_info" if args.mode == "listen" else "text"
     with open(out_dir / out_name, "w", encoding="utf-8") as out:
         for utt_id in tqdm(keys, desc=f"decode ({args.mode})"):
-            if utt_id not in wavs:
-                raise KeyError(f"utterance '{utt_id}' from {args.key_file} is not in {args.wav_scp}")
-            try:
-                wav, _ = soundfile.read(wavs[utt_id].strip(), dtype="float32")
-            except Exception as e:
-                raise RuntimeError(f"utterance '{utt_id}': cannot read {wavs[utt_id]} ({e})") from e
+            wav = decoder.load(wavs[utt_id], utt_id)
             history = json.loads(histories[utt_id]) if histories.get(utt_id) else None
             if args.mode == "ctc":
                 out.write(f"{utt_id} {decoder.ctc_transcribe(wav)}\n")

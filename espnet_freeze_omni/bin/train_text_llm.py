@@ -5,9 +5,13 @@
         [--batch_size 16 --lr 1e-3 --save_every 200 --resume --eval_dialogs 200]
 
 Dialogs are JSON lines {"turns": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}.
-The result is saved with save_pretrained to --out_dir (at the end, and every --save_every
-steps with text_training_state.pt, which --resume continues from). --eval_dialogs N prints
-how many of the first N dialogs' first answers the trained model reproduces greedily.
+The result is saved with save_pretrained to --out_dir at the end, written beside it and
+renamed into place, so --out_dir exists only once complete. Every --save_every steps a
+checkpoint (model + text_training_state.pt: optimizer, schedule, batch order) goes to
+<out_dir>.training; --resume continues from the latest complete one, drawing the batches an
+uninterrupted run would (a kill at any moment, saves included, loses at most --save_every
+steps). --eval_dialogs N prints how many of the first N dialogs' first answers the trained
+model reproduces greedily.
 """
 import argparse
 import json
@@ -34,9 +38,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad_clip", type=float, default=1.0)
     parser.add_argument("--max_len", type=int, default=512, help="tokens per dialog")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save_every", type=int, default=0)
+    parser.add_argument("--save_every", type=int, default=0,
+                        help="steps between checkpoints in <out_dir>.training (0: none)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from --out_dir's text_training_state.pt if present")
+                        help="continue from the latest complete checkpoint (<out_dir>.training "
+                        "or a finished --out_dir) if there is one")
     parser.add_argument("--eval_dialogs", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=None,
                         help="torch CPU threads (1 is fastest on a busy machine)")

@@ -2,44 +2,21 @@
 
 Freeze-Omni's speech decoder predicts one stream of 1024 codec tokens at 40 Hz which the codec
 turns into 24 kHz audio (SPEC section 2). Every backend (the embedded k-means codec, espnet's
-gan_codec) hides behind `AbsCodec`, and `load_codec` builds one from a small config dict, so
-training, inference and the packet streamer never know which backend they hold.
+gan_codec) hides behind `AbsCodec`; the registry in `codec/__init__.py` (`load_codec`) builds
+one from a small config dict, so training, inference and the packet streamer never know which
+backend they hold. This module knows no backend.
 """
 from __future__ import annotations
 
 import abc
-import os
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from espnet_freeze_omni.data.audio import resample, to_mono_float
+
 TokensLike = Union[np.ndarray, Sequence[int], torch.Tensor]
-
-
-def to_mono_float(wav: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    """(n,) or (n, channels) audio -> float32 mono; integer PCM is scaled to [-1, 1]."""
-    wav = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
-    if np.issubdtype(wav.dtype, np.integer):
-        wav = wav.astype(np.float32) / float(np.iinfo(wav.dtype).max + 1)
-    wav = wav.astype(np.float32, copy=False)
-    if wav.ndim == 2:
-        # soundfile gives (frames, channels); downmixing keeps both channels' speech
-        wav = wav.mean(axis=1)
-    if wav.ndim != 1:
-        raise ValueError(f"expected 1-D (or frames x channels) audio, got shape {wav.shape}")
-    return wav
-
-
-def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's sinc interpolation); a no-op at equal rates."""
-    if orig_sr == target_sr:
-        return wav
-    import torchaudio
-
-    out = torchaudio.functional.resample(torch.from_numpy(wav), int(orig_sr), int(target_sr))
-    return out.numpy().astype(np.float32, copy=False)
 
 
 class AbsCodec(abc.ABC):
@@ -64,6 +41,11 @@ class AbsCodec(abc.ABC):
         return int(rate) if float(rate).is_integer() else rate
 
     # -- what backends implement -------------------------------------------------------------
+    @classmethod
+    def from_config(cls, **conf) -> "AbsCodec":
+        """The codec a `load_codec` config describes (its entries but `type`)."""
+        return cls(**conf)
+
     @abc.abstractmethod
     def _encode(self, wav: np.ndarray) -> np.ndarray:
         """wav: float32 (n,), n % samples_per_token == 0, at sample_rate -> tokens (n / spt,)."""
@@ -136,36 +118,3 @@ class AbsCodec(abc.ABC):
             samples_per_token=self.samples_per_token,
             vocab_size=self.vocab_size,
         )
-
-
-def load_codec(conf: Union[Dict[str, Any], str, os.PathLike]) -> AbsCodec:
-    """Build a codec from a config dict (or a YAML file holding one).
-
-    {"type": "embedded", "path": DIR}  -> EmbeddedCodec.from_dir(DIR)
-    {"type": "espnet_gan_codec", "model_file": F, "train_config": C, ["device": "cpu"]}
-        -> EspnetGanCodec wrapping espnet2.bin.gan_codec_inference.AudioCoding
-    """
-    if not isinstance(conf, dict):
-        import yaml
-
-        with open(conf) as f:
-            conf = yaml.safe_load(f)
-        if not isinstance(conf, dict):
-            raise ValueError(f"codec config {conf!r} is not a mapping")
-    conf = dict(conf)
-    kind = conf.pop("type", None)
-    if kind == "embedded":
-        from espnet_freeze_omni.codec.embedded import EmbeddedCodec
-
-        if "path" not in conf:
-            raise ValueError("embedded codec config needs 'path' (the train_embedded_codec dir)")
-        return EmbeddedCodec.from_dir(Path(conf.pop("path")), **conf)
-    if kind == "espnet_gan_codec":
-        # imported here: espnet2's task modules take ~15 s to import
-        from espnet_freeze_omni.codec.espnet_codec import EspnetGanCodec
-
-        missing = [k for k in ("model_file", "train_config") if k not in conf]
-        if missing:
-            raise ValueError(f"espnet_gan_codec config lacks {missing}")
-        return EspnetGanCodec(**conf)
-    raise ValueError(f"unknown codec type {kind!r}: use 'embedded' or 'espnet_gan_codec'")

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import yaml
 
-from espnet_freeze_omni.codec.abs_codec import AbsCodec, resample
-from espnet_freeze_omni.codec.audio_io import load_wav, read_wav_scp
+from espnet_freeze_omni.codec.abs_codec import AbsCodec
+from espnet_freeze_omni.data.audio import load_audio
+from espnet_freeze_omni.data.kaldi_table import read_wav_scp
 
 CODEBOOK_FILE = "codebook.npz"
 CONFIG_FILE = "config.yaml"
@@ -239,6 +240,12 @@ class EmbeddedCodec(AbsCodec):
         return out_dir
 
     @classmethod
+    def from_config(cls, **conf) -> "EmbeddedCodec":
+        if "path" not in conf:
+            raise ValueError("embedded codec config needs 'path' (the train_embedded_codec dir)")
+        return cls.from_dir(Path(conf.pop("path")), **conf)
+
+    @classmethod
     def from_dir(cls, path: Union[str, os.PathLike], **overrides) -> "EmbeddedCodec":
         """Load what train_embedded_codec saved; overrides change decoding (e.g. gl_iters)."""
         path = Path(path)
@@ -287,8 +294,7 @@ def _audio_items(wavs: Union[str, os.PathLike, Sequence]) -> List[tuple]:
 def _iter_audio(items: Sequence[tuple], sample_rate: int):
     """Yield (utt_id, float32 audio at sample_rate)."""
     for utt, spec in items:
-        wav, sr = load_wav(spec, utt)
-        yield utt, resample(wav, sr, sample_rate)
+        yield utt, load_audio(spec, sample_rate, utt)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0,

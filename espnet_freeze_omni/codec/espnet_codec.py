@@ -23,6 +23,13 @@ class EspnetGanCodec(AbsCodec):
     # on tokens arbitrarily far away, so streamed packets only approximate offline decoding
     context_tokens: Optional[int] = None
 
+    @classmethod
+    def from_config(cls, **conf) -> "EspnetGanCodec":
+        missing = [k for k in ("model_file", "train_config") if k not in conf]
+        if missing:
+            raise ValueError(f"espnet_gan_codec config lacks {missing}")
+        return cls(**conf)
+
     def __init__(self, model_file: Union[str, os.PathLike],
                  train_config: Union[str, os.PathLike], device: str = "cpu",
                  dtype: str = "float32"):

@@ -84,7 +84,7 @@ def _write_set(pairs: List[Tuple[str, str]], wav_root: Path, out_wav: Path, data
     import numpy as np
     import soundfile
 
-    from espnet_freeze_omni.data.datadir import utt2spk_to_spk2utt, write_kaldi_map
+    from espnet_freeze_omni.data.kaldi_table import utt2spk_to_spk2utt, write_kaldi_map
 
     wav_scp, text, utt2spk = {}, {}, {}
     out_wav.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,8 @@ def _write_set(pairs: List[Tuple[str, str]], wav_root: Path, out_wav: Path, data
 
 def prepare_an4(datadir: str | Path, downloads: str | Path) -> Dict[str, int]:
     """Extract the archive into `downloads` (once) and write train/test/train_dev dirs."""
-    from espnet_freeze_omni.data.datadir import read_kaldi_map, subset_data_dir
+    from espnet_freeze_omni.data.derive import subset_data_dir
+    from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
 
     datadir, downloads = Path(datadir), Path(downloads)
     an4 = downloads / "an4"

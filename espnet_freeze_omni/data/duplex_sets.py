@@ -19,7 +19,7 @@ answer is judged by when it speaks (scoring/duplex.py):
 The data dir holds wav.scp, text (for interruption: A then B), utt2spk, spk2utt and
 `duplex_info`, one `<utt> <JSON>` line per item with its scenario and its times in seconds,
 all measured on the written audio (10 ms frames louder than 2 % of the loudest one, as
-`datadir.speech_end_seconds`), never taken from the nominal plan:
+`speech_end.speech_end_seconds`), never taken from the nominal plan:
 
     every scenario  speech_start, speech_end (of the item's first utterance), duration
     pause           pause_start, pause_end (the silence inside the question)
@@ -42,6 +42,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from espnet_freeze_omni.data.audio import read_audio
+from espnet_freeze_omni.data.kaldi_table import (
+    read_table,
+    utt2spk_to_spk2utt,
+    write_kaldi_map,
+)
+from espnet_freeze_omni.data.speech_end import loud_frames, speech_end_seconds
+
 SCENARIOS = ("pause", "smooth", "interruption", "side_talk")
 PAUSE_SECONDS = (1.0, 2.0)  # the pause inside a question, uniform
 PAUSE_TRAILING = 3.0  # seconds of silence after a paused question
@@ -49,8 +57,6 @@ SMOOTH_TRAILING = 4.0
 INTERRUPT_GAP = 1.6  # question B starts this long after the end of question A
 INTERRUPT_TRAILING = 4.0
 SIDE_TALK_TRAILING = 3.0
-FRAME_SECONDS = 0.01  # speech bounds: as datadir.speech_end_seconds
-RELATIVE_THRESHOLD = 0.02
 
 # the times each scenario's duplex_info carries, in the order they must come
 TIMES = {
@@ -156,19 +162,6 @@ def plan_duplex_set(questions: Sequence[str], side_talk: Sequence[str], num_item
 
 
 # ---------------------------------------------------------------------------- audio
-def loud_frames(audio: np.ndarray, sample_rate: int) -> Tuple[np.ndarray, int]:
-    """(indices of the 10 ms frames louder than 2 % of the loudest, samples per frame):
-    the measure of `datadir.speech_end_seconds`."""
-    hop = max(1, int(sample_rate * FRAME_SECONDS))
-    n = len(audio) // hop
-    if n == 0:
-        return np.zeros(0, dtype=int), hop
-    # float32 arithmetic, as speech_end_seconds: a frame at the threshold falls the same way
-    frames = np.asarray(audio[:n * hop], dtype=np.float32).reshape(n, hop)
-    rms = np.sqrt((frames ** 2).mean(axis=1))
-    return np.nonzero(rms > max(rms.max() * RELATIVE_THRESHOLD, 1e-5))[0], hop
-
-
 def speech_bounds(audio: np.ndarray, sample_rate: int) -> Tuple[float, float, float, float]:
     """(speech start, start of the longest silence inside the speech, its end, speech end)
     in seconds (10 ms resolution)."""
@@ -187,12 +180,11 @@ def speech_bounds(audio: np.ndarray, sample_rate: int) -> Tuple[float, float, fl
 
 
 def _read(path: Path, sample_rate: int) -> np.ndarray:
-    import soundfile
-
-    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    # the synthesizer was asked for sample_rate: another rate is a bug, not data to convert
+    audio, rate = read_audio(str(path))
     if rate != sample_rate:
         raise ValueError(f"{path}: {rate} Hz, expected {sample_rate} Hz")
-    return audio.mean(axis=1)
+    return audio
 
 
 def _pad_to(audio: np.ndarray, seconds: float, sample_rate: int) -> np.ndarray:
@@ -211,7 +203,6 @@ def _write(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 def build_item(item: DuplexItem, wav_path: str | os.PathLike, sample_rate: int = 16000
                ) -> Dict:
     """Speak one item into `wav_path`; returns its duplex_info (times measured on the file)."""
-    from espnet_freeze_omni.data.datadir import speech_end_seconds
     from espnet_freeze_omni.data.espeak import pick_voice, synthesize
 
     wav_path = Path(wav_path)
@@ -277,8 +268,6 @@ def build_duplex_set(items: Sequence[DuplexItem], data_dir: str | os.PathLike,
                      wav_dir: str | os.PathLike, sample_rate: int = 16000,
                      num_workers: int = 2, progress: bool = False) -> Path:
     """Speak every item into `wav_dir` and write the Kaldi data dir with its duplex_info."""
-    from espnet_freeze_omni.data.datadir import utt2spk_to_spk2utt, write_kaldi_map
-
     ids = [i.utt_id for i in items]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate utterance ids: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
@@ -336,16 +325,12 @@ def check_duplex_info(value) -> Optional[str]:
 
 
 def write_duplex_info(path: str | os.PathLike, infos: Dict[str, Dict]) -> Path:
-    from espnet_freeze_omni.data.datadir import write_kaldi_map
-
     return write_kaldi_map(path, {u: json.dumps(i, sort_keys=True, ensure_ascii=False)
                                   for u, i in infos.items()})
 
 
 def read_duplex_info(path: str | os.PathLike) -> Dict[str, Dict]:
     """{utt: info} of a duplex_info file; a malformed line is named by file and line."""
-    from espnet_freeze_omni.data.datadir import read_table
-
     entries, problems = read_table(path)
     if problems:
         raise ValueError(str(problems[0]))

@@ -41,13 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from espnet_freeze_omni.data.datadir import (
-    speech_end_seconds,
+from espnet_freeze_omni.data.espeak import convert_to_wav, pick_voice, synthesize
+from espnet_freeze_omni.data.kaldi_table import (
     utt2spk_to_spk2utt,
     write_kaldi_map,
     write_turn_info,
 )
-from espnet_freeze_omni.data.espeak import convert_to_wav, pick_voice, synthesize
+from espnet_freeze_omni.data.speech_end import speech_end_seconds
 from espnet_freeze_omni.scoring.normalize import normalized_words
 
 LLAMA_QUESTIONS_COLUMNS = ("Questions", "Answer", "Wav Filename")

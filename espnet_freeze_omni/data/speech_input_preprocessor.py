@@ -22,7 +22,7 @@ import numpy as np
 
 from espnet2.train.preprocessor import CommonPreprocessor
 
-from espnet_freeze_omni.data.datadir import NO_ANSWER
+from espnet_freeze_omni.data.kaldi_table import NO_ANSWER
 from espnet_freeze_omni.llm.chat_template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
 from espnet_freeze_omni.llm.frozen_llm import load_llm_tokenizer
 

@@ -555,7 +555,7 @@ def make_corpus(out_dir: str | Path, seed: int = 0, sizes: CorpusSizes = CorpusS
     """Write `<out>/local/world/*` and (unless text_only) the spoken data dirs; with
     unseen_test, also `<out>/qa_test_unseen` (qa_test in held-out conditions) and its
     `local/world/qa_test_unseen_refs.jsonl` and `utterances_qa_test_unseen.tsv`."""
-    from espnet_freeze_omni.data.datadir import SpokenTurn, synthesize_turn_datadir
+    from espnet_freeze_omni.data.spoken_turns import SpokenTurn, synthesize_turn_datadir
 
     known = SPOKEN_SETS + ((UNSEEN_TEST_SET,) if unseen_test else ())
     unknown = sorted(set(sets or ()) - set(known))
@@ -719,8 +719,8 @@ def synthesize_unseen_test(plan: Sequence[UnseenUtterance], data_dir: str | Path
     (its trailing silence included; each utterance's noise seeded by seed and utt id)."""
     import zlib
 
-    from espnet_freeze_omni.data.datadir import (read_kaldi_map, speech_end_seconds,
-                                                 write_turn_info)
+    from espnet_freeze_omni.data.kaldi_table import read_kaldi_map, write_turn_info
+    from espnet_freeze_omni.data.speech_end import speech_end_seconds
     from espnet_freeze_omni.data.espeak import SpokenUtterance, add_noise, synthesize_datadir
 
     data_dir = Path(data_dir)

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str_or_none
@@ -99,17 +99,3 @@ def build_speech2speech(args: argparse.Namespace):
                          packet_conf=args.packet_conf,
                          min_segment_tokens=args.min_segment_tokens,
                          long_segment_tokens=args.long_segment_tokens))
-
-
-def read_keys(key_file: str, wavs: Dict[str, str], wav_scp: str) -> List[str]:
-    """Utterance ids of the key file (first column), each checked against wav.scp."""
-    keys = []
-    with open(key_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            utt = line.split(maxsplit=1)[0]
-            if utt not in wavs:
-                raise KeyError(f"utterance {utt} ({key_file}:{lineno}) is not in {wav_scp}")
-            keys.append(utt)
-    return keys

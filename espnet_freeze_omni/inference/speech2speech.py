@@ -83,15 +83,10 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
     anything else is an espnet gan_codec training config, whose checkpoint is `model_file`
     or, when not given, the first of CODEC_MODEL_FILES found beside the config.
     """
-    import yaml
+    from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
 
     config_file = Path(config_file)
-    if not config_file.is_file():
-        raise FileNotFoundError(f"codec config not found: {config_file}")
-    with open(config_file, encoding="utf-8") as f:
-        conf = yaml.safe_load(f)
-    if not isinstance(conf, dict):
-        raise ValueError(f"{config_file} is not a codec config (a YAML mapping)")
+    conf = read_yaml_mapping(config_file, "codec config")
     if conf.get("codec") == "embedded":
         return {"type": "embedded", "path": str(config_file.parent)}
     if model_file is None:
@@ -275,7 +270,7 @@ class Speech2Speech:
         recorded in the speech-input config; the speech-output path uses that same LLM.
         `decode_conf` holds max_new_tokens and the constructor's keyword arguments.
         """
-        from espnet_freeze_omni.codec.abs_codec import load_codec
+        from espnet_freeze_omni.codec import load_codec
 
         speech_input_config = speech_input_config or Path(speech_input_model).parent / "config.yaml"
         speech_output_config = (speech_output_config
@@ -455,7 +450,7 @@ class Speech2Speech:
         `wav` is at `input_sample_rate` unless `sample_rate` says otherwise.
         """
         if sample_rate is not None and sample_rate != self.input_sample_rate:
-            from espnet_freeze_omni.codec.abs_codec import resample
+            from espnet_freeze_omni.data.audio import resample
 
             wav = resample(np.asarray(wav, dtype=np.float32), sample_rate, self.input_sample_rate)
         answer = self.answer(wav, history)

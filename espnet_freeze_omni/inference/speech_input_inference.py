@@ -15,11 +15,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from espnet_freeze_omni.data.audio import load_audio, parse_sample_rate
+from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
 from espnet_freeze_omni.llm.chat_template import ChatTemplate
 from espnet_freeze_omni.models.speech_input import (
     STATE_LISTEN,
     EncoderCTCModel,
-    LLMASRModel,
     SpokenDialogModel,
 )
 
@@ -66,15 +67,7 @@ def greedy_continue(llm, inputs_embeds: torch.Tensor, max_new_tokens: int,
 def read_train_config(config_file: str | Path, llm_conf: Optional[Dict] = None) -> Dict:
     """A training config.yaml as a dict; `llm_conf` entries (path, dtype) replace the
     recorded ones (the LLM is never inside a checkpoint, only named by the config)."""
-    import yaml
-
-    config_file = Path(config_file)
-    if not config_file.is_file():
-        raise FileNotFoundError(f"training config not found: {config_file}")
-    with open(config_file, encoding="utf-8") as f:
-        conf = yaml.safe_load(f)
-    if not isinstance(conf, dict):
-        raise ValueError(f"{config_file} is not a training config (a YAML mapping)")
+    conf = read_yaml_mapping(config_file, "training config")
     overrides = {k: v for k, v in (llm_conf or {}).items() if v is not None}
     if overrides:
         conf["llm_conf"] = {**(conf.get("llm_conf") or {}), **overrides}
@@ -110,12 +103,7 @@ def load_trained_state(model: torch.nn.Module, model_file: str | Path,
 
 def _frontend_sample_rate(conf: Dict) -> int:
     """The sample rate a training config's frontend reads (espnet allows "16k")."""
-    fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
-    if isinstance(fs, str):
-        import humanfriendly
-
-        fs = humanfriendly.parse_size(fs)
-    return int(fs)
+    return parse_sample_rate((conf.get("frontend_conf") or {}).get("fs", 16000))
 
 
 class SpeechInputInference:
@@ -127,7 +115,7 @@ class SpeechInputInference:
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.sample_rate = sample_rate  # what the frontend expects; callers resample to it
-        self.template = ChatTemplate(model.llm.tokenizer) if isinstance(model, LLMASRModel) else None
+        self.template = ChatTemplate(model.llm.tokenizer) if model.needs_llm else None
 
     @classmethod
     def from_files(cls, train_config: str | Path, model_file: str | Path, device: str = "cpu",
@@ -150,6 +138,10 @@ class SpeechInputInference:
         return cls(model, device=device, **kwargs)
 
     # ------------------------------------------------------------------ helpers
+    def load(self, spec: str, utt_id: Optional[str] = None) -> np.ndarray:
+        """A wav.scp value (file or pipe) as the model hears it: mono at `sample_rate`."""
+        return load_audio(spec, self.sample_rate, utt_id)
+
     def _batch(self, wav: np.ndarray):
         speech = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
         return speech, torch.tensor([speech.size(1)], device=self.device)

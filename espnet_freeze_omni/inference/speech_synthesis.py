@@ -195,13 +195,11 @@ class SpeechSynthesizer:
         import argparse
         from pathlib import Path
 
-        import yaml
-
+        from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
         from espnet_freeze_omni.tasks.speech_output import SpeechOutputTask
 
         config_file = Path(config_file or Path(model_file).parent / "config.yaml")
-        with open(config_file, encoding="utf-8") as f:
-            conf = yaml.safe_load(f)
+        conf = read_yaml_mapping(config_file, "training config")
         if llm_path is not None:
             conf["llm_conf"] = {**(conf.get("llm_conf") or {}), "path": str(llm_path)}
         model = SpeechOutputTask.build_model(argparse.Namespace(**conf))
@@ -215,7 +213,7 @@ class SpeechSynthesizer:
         model.to(device).eval()
         codec = None
         if codec_conf is not None:
-            from espnet_freeze_omni.codec.abs_codec import load_codec
+            from espnet_freeze_omni.codec import load_codec
 
             codec = load_codec(codec_conf)
         return cls(model.speech_decoder, llm=model.llm, codec=codec,

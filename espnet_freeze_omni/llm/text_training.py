@@ -6,12 +6,21 @@ Qwen2-7B-Instruct. The CPU-sized recipe cannot run one, so it fine-tunes a tiny 
 it knows the answers, then freezes it for everything downstream.
 
 Full fine-tuning with AdamW; the loss covers the assistant tokens only (answer + its
-end-of-turn token), formatted by the same ChatTemplate the speech model uses. The model is
-saved with `save_pretrained` to `out_dir` at the end, and every `save_every` steps together
-with `text_training_state.pt` (optimizer, schedule, step), from which `resume=True` goes on.
+end-of-turn token), formatted by the same ChatTemplate the speech model uses.
+
+Saving survives a kill at any moment. `out_dir` appears only whole: the finished model
+(`save_pretrained`, the tokenizer and `text_training_state.pt`) is written into
+`<out_dir>.tmp` and renamed to `out_dir`, so a folder there with a `config.json` is always
+complete (the recipe's stage 5 takes `exp/llm/config.json` as its completion marker). Every
+`save_every` steps the same goes to `<out_dir>.training` (the previous one is replaced only
+once the new one is whole). `resume=True` goes on from the checkpoint with the most steps
+among those folders, with the optimizer, schedule and batch order of that step, so a
+resumed run draws the batches an uninterrupted one would.
 """
 
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,6 +32,8 @@ from espnet_freeze_omni.llm.dialogs import Dialog, check_dialog
 
 IGNORE_ID = -100
 STATE_FILE = "text_training_state.pt"
+WORK_SUFFIX = ".training"  # <out_dir>.training: the last intermediate checkpoint
+_TMP, _OLD = ".tmp", ".old"  # <folder>.tmp: being written; <folder>.old: being replaced
 
 
 def encode_dialog(
@@ -97,16 +108,58 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def _save(model, tokenizer, out_dir: Path, optimizer, scheduler, step: int, losses: List[float],
           generator: torch.Generator, order: List[int]) -> None:
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    # Written last: a state file always matches the model next to it.
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "losses": losses, "generator": generator.get_state(), "order": order},
-        tmp,
-    )
-    tmp.replace(out_dir / STATE_FILE)
+    """Write a whole checkpoint folder named `out_dir`, replacing the one there, if any.
+
+    The folder is written as `<out_dir>.tmp`, the state file last (its presence marks the
+    folder complete), and only then renamed into place: a kill leaves either the previous
+    folder or the new one under that name (or, between the two renames, the previous one as
+    `<out_dir>.old` and the new one whole as `<out_dir>.tmp`; `_checkpoints` finds both).
+    """
+    tmp, old = _sibling(out_dir, _TMP), _sibling(out_dir, _OLD)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "losses": losses, "generator": generator.get_state(), "order": order}
+    torch.save(state, tmp / (STATE_FILE + ".tmp"))
+    os.replace(tmp / (STATE_FILE + ".tmp"), tmp / STATE_FILE)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sibling(folder: Path, suffix: str) -> Path:
+    return folder.with_name(folder.name + suffix)
+
+
+def _candidate_folders(out_dir: Path) -> List[Path]:
+    """Every folder a checkpoint of this run may be in, the finished `out_dir` first."""
+    work = _sibling(out_dir, WORK_SUFFIX)
+    return [folder for base in (out_dir, work)
+            for folder in (base, _sibling(base, _OLD), _sibling(base, _TMP))]
+
+
+def _checkpoints(out_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of this run, most steps first."""
+    found = []
+    for folder in _candidate_folders(out_dir):
+        state_path = folder / STATE_FILE
+        if not state_path.is_file():
+            continue  # absent, or cut short before its state file was written: not whole
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        found.append((int(state["step"]), folder))
+    # most steps first; on a tie the earlier candidate (the finished out_dir) wins
+    order = {folder: k for k, folder in enumerate(_candidate_folders(out_dir))}
+    return sorted(found, key=lambda item: (-item[0], order[item[1]]))
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Every checkpoint folder of the run but `out_dir` itself."""
+    for folder in _candidate_folders(out_dir)[1:]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_text_llm(
@@ -127,16 +180,22 @@ def train_text_llm(
 ) -> Dict[str, object]:
     """Fine-tune the causal LM in `llm_dir` on `dialogs`; save it to `out_dir`.
 
-    With `resume=True` and a state file in `out_dir`, training goes on from the saved
-    model, optimizer and step up to `steps`. Returns {"losses": per-step losses,
-    "step": last step, "out_dir": Path, "seconds": wall time}.
+    With `resume=True`, training goes on up to `steps` from the complete checkpoint of an
+    earlier run with the most steps (`out_dir` itself or `<out_dir>.training`, see the
+    module docstring); a finished `out_dir` with `steps` steps is returned as it is.
+    Without `resume`, leftovers of an earlier run are removed first. Returns {"losses":
+    per-step losses, "step": last step, "out_dir": Path, "seconds": wall time}.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    resuming = resume and state_path.is_file()
-    src = out_dir if resuming else Path(llm_dir)
+    work_dir = _sibling(out_dir, WORK_SUFFIX)
+    found = _checkpoints(out_dir) if resume else []
+    resuming = bool(found)
+    if not resume:
+        _remove_leftovers(out_dir)
+    src = found[0][1] if resuming else Path(llm_dir)
+    state_path = src / STATE_FILE
     if not src.is_dir():
         raise FileNotFoundError(f"LLM directory not found: {src}")
     if not dialogs:
@@ -177,7 +236,11 @@ def train_text_llm(
         generator.set_state(state["generator"])
         step, losses, order = int(state["step"]), list(state["losses"]), list(state["order"])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if resuming and src == out_dir and step >= steps:
+        # finished before: nothing to train, nothing to write
+        _remove_leftovers(out_dir)
+        return {"losses": losses, "step": step, "out_dir": out_dir, "seconds": 0.0}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -205,11 +268,12 @@ def train_text_llm(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.update(1)
         if save_every and step % save_every == 0 and step < steps:
-            _save(model, tokenizer, out_dir, optimizer, scheduler, step, losses, generator, order)
+            _save(model, tokenizer, work_dir, optimizer, scheduler, step, losses, generator, order)
     if bar is not None:
         bar.close()
     model.eval()
     _save(model, tokenizer, out_dir, optimizer, scheduler, step, losses, generator, order)
+    _remove_leftovers(out_dir)
     return {"losses": losses, "step": step, "out_dir": out_dir, "seconds": time.time() - start}
 
 

@@ -28,6 +28,7 @@ from espnet2.legacy.nets.e2e_asr_common import ErrorCalculator
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet_freeze_omni.adapter import AbsAdapter
 from espnet_freeze_omni.llm.chat_template import ChatTemplate
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM, hold_frozen_llm
 
@@ -41,12 +42,20 @@ def _lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class EncoderCTCModel(AbsESPnetModel):
-    """Stage 1: the streaming chunk encoder trained with CTC on ASR data."""
+    """Stage 1: the streaming chunk encoder trained with CTC on ASR data.
+
+    Every argument after the vocabulary is keyword-only: the stages below add theirs and
+    hand the rest on unchanged, so no constructor repeats another's argument list.
+    """
+
+    # Whether the Task must load a frozen LLM (`--llm_conf path=...`) to build the model.
+    needs_llm: bool = False
 
     def __init__(
         self,
         vocab_size: int,
         token_list: Sequence[str],
+        *,
         frontend: Optional[AbsFrontend],
         specaug: Optional[AbsSpecAug],
         normalize: Optional[AbsNormalize],
@@ -158,28 +167,23 @@ class LLMASRModel(EncoderCTCModel):
     (stage 2: the ASR instruction and the transcript; stage 3: the question).
     """
 
+    needs_llm = True
+
     def __init__(
         self,
         vocab_size: int,
         token_list: Sequence[str],
-        frontend: Optional[AbsFrontend],
-        specaug: Optional[AbsSpecAug],
-        normalize: Optional[AbsNormalize],
-        encoder: AbsEncoder,
-        ctc: CTC,
-        adapter: torch.nn.Module,
+        *,
+        adapter: AbsAdapter,
         llm: FrozenLLM,
         ctc_weight: float = 0.0,
         task_num: int = 4,
         asr_instruction: Optional[str] = None,
         distill_weight: float = 0.0,
         distill_hidden_weight: float = 0.0,
-        report_cer: bool = True,
-        sym_space: str = "<space>",
-        sym_blank: str = "<blank>",
+        **kwargs,  # EncoderCTCModel's
     ):
-        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
-                         report_cer, sym_space, sym_blank)
+        super().__init__(vocab_size, token_list, **kwargs)
         if adapter.output_size() != llm.hidden_size:
             raise ValueError(
                 f"adapter output size {adapter.output_size()} != hidden size "
@@ -457,32 +461,18 @@ class SpokenDialogModel(LLMASRModel):
         self,
         vocab_size: int,
         token_list: Sequence[str],
-        frontend: Optional[AbsFrontend],
-        specaug: Optional[AbsSpecAug],
-        normalize: Optional[AbsNormalize],
-        encoder: AbsEncoder,
-        ctc: CTC,
-        adapter: torch.nn.Module,
-        llm: FrozenLLM,
-        ctc_weight: float = 0.0,
-        task_num: int = 4,
+        *,
         prompt_num: int = 25,
         state_weight: float = 1.0,
         turn_end_delay: float = 0.32,
         answer_at_random_turn_end: bool = False,
         frame_shift: float = 0.01,
-        distill_weight: float = 0.0,
-        distill_hidden_weight: float = 0.0,
-        asr_instruction: Optional[str] = None,
-        report_cer: bool = True,
-        sym_space: str = "<space>",
-        sym_blank: str = "<blank>",
+        **kwargs,  # LLMASRModel's and EncoderCTCModel's
     ):
-        super().__init__(vocab_size, token_list, frontend, specaug, normalize, encoder, ctc,
-                         adapter, llm, ctc_weight, task_num, asr_instruction, distill_weight,
-                         distill_hidden_weight, report_cer, sym_space, sym_blank)
-        self.prompt_embeddings = torch.nn.Embedding(prompt_num, llm.hidden_size)
-        self.predictor_head = torch.nn.Linear(llm.hidden_size, NUM_STATE_LOGITS)
+        super().__init__(vocab_size, token_list, **kwargs)
+        hidden = self.llm.hidden_size
+        self.prompt_embeddings = torch.nn.Embedding(prompt_num, hidden)
+        self.predictor_head = torch.nn.Linear(hidden, NUM_STATE_LOGITS)
         self.state_weight = state_weight
         self.turn_end_delay = turn_end_delay
         self.answer_at_random_turn_end = answer_at_random_turn_end

@@ -46,6 +46,7 @@ class SpeechOutputModel(AbsESPnetModel):
         self,
         speech_decoder: SpeechDecoder,
         llm: FrozenLLM,
+        *,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         guided_attention_weight: float = 0.0,
         decoder_bpe_merges: Optional[int] = None,

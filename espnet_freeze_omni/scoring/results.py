@@ -27,6 +27,11 @@ METRICS: Dict[str, tuple] = {
     "qa_acc_speech_in": ("QA accuracy, spoken question, text answer", "acc %"),
     "qa_acc_speech_out": ("QA accuracy, spoken question, spoken answer transcribed by ASR",
                           "acc %"),
+    # the listener's own limit on qa_acc_speech_out (bin/speech_out_ceiling): what it would be
+    # if the speech decoder spoke the same texts as espeak-ng speaks the assistant's voice
+    "qa_acc_speech_out_ceiling": ("QA accuracy, the spoken answers' texts re-spoken by "
+                                  "espeak-ng in the assistant's training voice, transcribed "
+                                  "by the same ASR (the ceiling of qa_acc_speech_out)", "acc %"),
     "speech_out_cer": ("character error rate of the spoken answers vs their text (turns the "
                        "state head did not ignore)", "CER %"),
     "turn_end_f1": ("turn-end detection F1 (respond-now events)", "F1 %"),
@@ -48,7 +53,8 @@ METRICS: Dict[str, tuple] = {
                                  "(higher is better)", "rate"),
 }
 ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")
-QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out")
+QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out",
+              "qa_acc_speech_out_ceiling")
 DUPLEX_METRICS = tuple(m for m in METRICS if m.startswith("duplex_"))
 # the state head's plain rates on a QA test set (percent), from the details of its
 # turn_end_f1 (scoring/turn_end.py): results.json key -> (details key, what it is)
@@ -169,6 +175,16 @@ def build_results(found: Dict[str, Dict[str, dict]], test_sets: Sequence[str] = 
             if key in m:
                 gap[cond] = m[key]["value"]
                 gap[f"gap_{cond}"] = round(text_in - m[key]["value"], 2)
+        # the speech-out gap in three parts: the speech-in gap (the voiced texts are the
+        # speech-in answers), what the listener loses on the assistant's own voice (speech in
+        # - ceiling) and what the speech decoder loses beyond that (ceiling - speech out)
+        if "qa_acc_speech_out_ceiling" in m:
+            ceiling = m["qa_acc_speech_out_ceiling"]["value"]
+            gap["speech_out_ceiling"] = ceiling
+            if "speech_in" in gap:
+                gap["gap_listener"] = round(gap["speech_in"] - ceiling, 2)
+            if "speech_out" in gap:
+                gap["gap_decoder"] = round(ceiling - gap["speech_out"], 2)
         if "qa_acc_speech_in" in m:
             gap["items"] = _differing_answers(m["qa_acc_text_in"], m["qa_acc_speech_in"])
         results["modality_gap"].append(gap)
@@ -254,12 +270,21 @@ def render_markdown(results: dict, title: str = "RESULTS", exp_dir: str = "exp")
                       "items counted or timed; definitions in scoring/duplex.py)", ""]
     if results["modality_gap"]:
         lines += ["### modality gap (text-in accuracy minus speech accuracy)", "",
-                  "|test set|text in|speech in|gap|speech out|gap|", "|---|---|---|---|---|---|"]
+                  "|test set|text in|speech in|gap|speech out|gap|speech out ceiling|"
+                  "of the gap: listener|of the gap: decoder|",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for g in results["modality_gap"]:
             lines.append(f"|{g['test_set']}|{_fmt(g['text_in'])}|{_fmt(g.get('speech_in'))}|"
                          f"{_fmt(g.get('gap_speech_in'))}|{_fmt(g.get('speech_out'))}|"
-                         f"{_fmt(g.get('gap_speech_out'))}|")
+                         f"{_fmt(g.get('gap_speech_out'))}|{_fmt(g.get('speech_out_ceiling'))}|"
+                         f"{_fmt(g.get('gap_listener'))}|{_fmt(g.get('gap_decoder'))}|")
         lines.append("")
+        if any("speech_out_ceiling" in g for g in results["modality_gap"]):
+            lines += ["speech out ceiling: the voiced answer texts re-spoken by espeak-ng in the "
+                      "assistant's training voice, through the same listener "
+                      "(`qa_acc_speech_out_ceiling`). The speech-out gap is the speech-in gap + "
+                      "listener (speech in - ceiling: the listener on the assistant's own "
+                      "voice) + decoder (ceiling - speech out: the speech decoder's share).", ""]
         for g in results["modality_gap"]:
             if "items" in g:
                 lines.append(f"{g['test_set']}: {len(g['items'])} item(s) where the speech-in "

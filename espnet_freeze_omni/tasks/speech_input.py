@@ -26,13 +26,13 @@ from espnet2.text.phoneme_tokenizer import g2p_choices
 from espnet2.torch_utils.initialize import initialize
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.train.trainer import Trainer
+from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
 
-from espnet_freeze_omni.adapter import ConvAdapter
-from espnet_freeze_omni.data.audio_check import check_sound_scp
+from espnet_freeze_omni.adapter import AbsAdapter, ConvAdapter
+from espnet_freeze_omni.data.audio import check_sound_scp, parse_sample_rate
 from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
 from espnet_freeze_omni.encoder import StreamingChunkEncoder
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM
@@ -51,7 +51,7 @@ encoder_choices = ClassChoices(
 adapter_choices = ClassChoices(
     "speech_adapter",
     classes=dict(conv=ConvAdapter),
-    type_check=torch.nn.Module,
+    type_check=AbsAdapter,
     default="conv",
 )
 model_choices = ClassChoices(
@@ -67,8 +67,6 @@ preprocessor_choices = ClassChoices(
     default="speech_input",
 )
 
-LLM_MODELS = ("llm_asr", "spoken_dialog")
-
 
 class SpeechInputTask(AbsTask):
     num_optimizers: int = 1
@@ -83,7 +81,7 @@ class SpeechInputTask(AbsTask):
         preprocessor_choices,
     ]
 
-    trainer = Trainer
+    trainer = ResumableTrainer  # kill-safe checkpoints (tasks/resumable_trainer.py)
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
@@ -134,7 +132,8 @@ class SpeechInputTask(AbsTask):
             return None
         preprocessor_class = preprocessor_choices.get_class(
             getattr(args, "preprocessor", None) or "speech_input")
-        llm_path = args.llm_conf.get("path") if args.model in LLM_MODELS else None
+        needs_llm = model_choices.get_class(args.model).needs_llm
+        llm_path = args.llm_conf.get("path") if needs_llm else None
         return preprocessor_class(
             train=train,
             llm_path=llm_path,
@@ -166,8 +165,7 @@ class SpeechInputTask(AbsTask):
     def check_audio(cls, args: argparse.Namespace) -> None:
         """Fail before training when any listed wav is unreadable, empty or mis-sampled."""
         fs = (args.frontend_conf or {}).get("fs") if args.frontend else None
-        if isinstance(fs, str):
-            fs = int(float(fs.rstrip("k")) * 1000) if fs.endswith("k") else int(fs)
+        fs = parse_sample_rate(fs) if fs is not None else None
         entries = list(args.train_data_path_and_name_and_type or [])
         entries += list(args.valid_data_path_and_name_and_type or [])
         problems = []
@@ -198,7 +196,7 @@ class SpeechInputTask(AbsTask):
 
         # The LLM first: a wrong path or a non-causal-LM folder fails before anything else.
         llm = None
-        if args.model in LLM_MODELS:
+        if model_choices.get_class(args.model).needs_llm:
             if not args.llm_conf.get("path"):
                 raise ValueError(f"--model {args.model} needs --llm_conf path=<local LLM dir>")
             llm = FrozenLLM(args.llm_conf["path"], dtype=args.llm_conf.get("dtype", "float32"))

@@ -29,7 +29,7 @@ from espnet2.torch_utils.initialize import initialize
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.train.trainer import Trainer
+from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str_or_none
 
@@ -62,7 +62,7 @@ class SpeechOutputTask(AbsTask):
         model_choices,
     ]
 
-    trainer = Trainer
+    trainer = ResumableTrainer  # kill-safe checkpoints (tasks/resumable_trainer.py)
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):

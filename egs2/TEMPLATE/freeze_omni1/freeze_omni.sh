@@ -23,8 +23,9 @@
 #                     --train_set/--valid_set: the assistant should speak with one voice)
 # 15 decoding         test sets, JOB=1:N jobs; duplex test sets (--duplex_test_sets, when
 #                     local/data.sh made them) item by item through the duplex runner
-# 16 scoring          sclite WER/CER, QA containment accuracy, turn-end F1, duplex
-#                     take-over rates and latencies -> exp/results.json + RESULTS.md
+# 16 scoring          sclite WER/CER, QA containment accuracy (with the speech-out
+#                     ceiling of the listener), turn-end F1, duplex take-over rates and
+#                     latencies -> exp/results.json + RESULTS.md
 # 17 pack             espnet pack_funcs zip of the trained models
 # 18 upload           Hugging Face Hub (needs network and a login)
 #
@@ -38,7 +39,7 @@
 #
 # ---------------------------------------------------------------------------------------
 # Stages 7-18 call the project's entry points: espnet_freeze_omni.bin.speech_input_train,
-# regenerate_answers, train_embedded_codec / espnet2.bin.gan_codec_train, extract_codec_tokens,
+# regenerate_answers, train_embedded_codec / gan_codec_train, extract_codec_tokens,
 # speech_output_train, speech2speech_inference (speech_input_inference for ASR-only recipes)
 # and scripts/utils/pack_model.py. tests/test_recipe_mini_an4.py runs stages 1-8, 15, 16;
 # tests/test_recipe_helpers.py runs 1-17 on a tiny synthetic corpus.
@@ -59,7 +60,9 @@ only_stages=""          # run only these stages of --stage..--stop_stage (e.g. "
 force=false             # redo data/token/codec stages whose outputs are complete (not training)
 nj=2                    # parallel jobs for data stages (dump, stats)
 inference_nj=2          # parallel decoding jobs
-ngpu=0                  # GPUs per training job (0: CPU)
+ngpu=0                  # GPUs per training job (0: CPU); N > 1: N processes under torch DDP (nccl)
+num_procs=1             # CPU processes per training job (--ngpu 0): N > 1 trains under torch DDP
+                        # (gloo), started by torchrun, train_threads / N threads each
 train_threads=$(nproc --all 2>/dev/null || echo 1)  # CPU threads of a training job
 num_nodes=1             # nodes for distributed training (needs cmd_backend=slurm)
 gpu_inference=false     # decode on GPU
@@ -118,6 +121,14 @@ decode_args=""          # appended to the decoding call
 # Scoring
 turn_early_tolerance=0.16  # s a response may start before the user's speech ends
 turn_late_tolerance=1.0    # s a response may start after it
+speech_out_ceiling=auto    # stage 15 re-speaks the texts the speech decoder voiced with espeak-ng in the
+                           # assistant's training voice, heard by the same CTC listener; stage 16 scores
+                           # that as qa_acc_speech_out_ceiling (what the listener alone allows, so the
+                           # rest of the speech-out loss is the decoder's). auto: when espeak-ng and sox
+                           # are installed; true: they must be; false: off (an assistant voice that is
+                           # not espeak-ng's, where the renders would not be its voice)
+speech_out_ceiling_args=""  # to bin/speech_out_ceiling, e.g. "--voice en-gb --speed 170 --pitch 40";
+                           # default: the embedded recipe's assistant voice (data/synthetic_world.py)
 
 # Packing and upload
 skip_upload=true        # stage 18 runs only with --skip_upload false (like asr.sh's skip_upload_hf)
@@ -141,6 +152,15 @@ fi
 
 [ -z "${train_set}" ] && { log "--train_set is required"; exit 1; }
 [ -z "${valid_set}" ] && { log "--valid_set is required"; exit 1; }
+case "${speech_out_ceiling}" in
+    auto|true|false) ;;
+    *) log "--speech_out_ceiling must be auto, true or false, not '${speech_out_ceiling}'"; exit 1 ;;
+esac
+[[ "${num_procs}" =~ ^[1-9][0-9]*$ ]] || { log "--num_procs must be a positive integer, not '${num_procs}'"; exit 1; }
+if [ "${num_procs}" -gt 1 ] && { [ "${ngpu}" != 0 ] || [ "${num_nodes}" != 1 ]; }; then
+    log "--num_procs is for CPU training on one machine; with GPUs --ngpu N starts one process" \
+        "per GPU, and --num_nodes M one per node (CPU) or --ngpu per node"; exit 1
+fi
 
 data_feats16=${dumpdir}/raw$(( fs / 1000 ))k
 data_feats24=${dumpdir}/raw$(( fs_out / 1000 ))k
@@ -332,7 +352,7 @@ if in_stage 4; then
         if [ -f "${data_feats24}/org/${dset}/.done" ] && \
                 { [ "${redone}" = true ] || ! done_already "${out24}/.done"; }; then
             rm -rf "${out24:?}"
-            ${python} -c "import sys; from espnet_freeze_omni.data.datadir import subset_data_dir, read_kaldi_map; subset_data_dir(sys.argv[1], sys.argv[2], read_kaldi_map(sys.argv[3]))" \
+            ${python} -c "import sys; from espnet_freeze_omni.data.derive import subset_data_dir; from espnet_freeze_omni.data.kaldi_table import read_kaldi_map; subset_data_dir(sys.argv[1], sys.argv[2], read_kaldi_map(sys.argv[3]))" \
                 "${data_feats24}/org/${dset}" "${out24}" "${out16}/utt2spk"
             cp "${data_feats24}/org/${dset}/audio_format" "${data_feats24}/org/${dset}/feats_type" \
                 "${out24}/"
@@ -363,7 +383,9 @@ fi
 # have ended; every finished stage is kept, so re-running resumes.
 if [ "${cpu_lanes}" = auto ]; then
     cpu_lanes=false
-    [ "${ngpu}" = 0 ] && [ "${cmd_backend:-local}" = local ] && [ "${train_threads}" -ge 2 ] && cpu_lanes=true
+    # (not with --num_procs > 1: its processes already share the cores)
+    [ "${ngpu}" = 0 ] && [ "${num_procs}" = 1 ] && [ "${cmd_backend:-local}" = local ] \
+        && [ "${train_threads}" -ge 2 ] && cpu_lanes=true
 fi
 run_lanes() {  # "<stages of lane 1>" "<stages of lane 2>"
     [ "${cpu_lanes}" = true ] || return 0
@@ -498,11 +520,42 @@ speech_output_exp() { echo "${expdir}/speech_output_stage$1"; }
 codec_exp=${expdir}/codec
 normalize_args=(--normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz")
 
-# Train with espnet2.bin.launch (run.pl/slurm.pl via ${cuda_cmd}, --ngpu, --num_nodes, DDP);
-# --resume true makes an interrupted stage continue where it stopped.
+# Every training stage (7, 8, 10, 11 with gan_codec, 13, 14) is one espnet Task run, as one
+# process or as several under torch DDP (the frozen LLM is loaded in each process and held
+# outside DDP; rank 0 writes the files; every rank logs its own lines into train.log):
+#   --num_procs N (--ngpu 0)  torchrun starts N processes on this machine (gloo backend), each
+#                             with train_threads / N threads; run by ${cuda_cmd}
+#   --ngpu N                  espnet2.bin.launch: espnet spawns one process per GPU (nccl)
+#   --num_nodes M             espnet2.bin.launch through slurm.pl + srun, --ngpu processes per
+#                             node (one on CPU, gloo); needs cmd_backend=slurm (never run here)
+# espnet splits every batch among the processes, so N processes train on the same global
+# batches as one. --resume true makes an interrupted stage continue where it stopped.
+rotate_train_log() {  # <log>: earlier logs kept as train.1.log (the newest), train.2.log, ...
+    local log=$1 stem=${1%.log} n=1
+    [ -e "${log}" ] || return 0
+    while [ -e "${stem}.${n}.log" ]; do n=$(( n + 1 )); done
+    while [ "${n}" -gt 1 ]; do mv "${stem}.$(( n - 1 )).log" "${stem}.${n}.log"; n=$(( n - 1 )); done
+    mv "${log}" "${stem}.1.log"
+}
 launch_training() {  # <out dir> <module> <args...>
     local out=$1 module=$2; shift 2
     mkdir -p "${out}"
+    if [ "${num_procs}" -gt 1 ]; then
+        # espnet's own launcher spawns processes only for GPUs; on CPU torchrun starts them and
+        # espnet's Task reads RANK, WORLD_SIZE and MASTER_ADDR/PORT from its environment
+        # (--multiprocessing_distributed false: the processes are already there)
+        local threads=$(( train_threads / num_procs ))
+        [ "${threads}" -ge 1 ] || threads=1
+        log "training ${module} -> ${out} as ${num_procs} processes (torch DDP, gloo)," \
+            "${threads} thread(s) each (log: ${out}/train.log)"
+        rotate_train_log "${out}/train.log"
+        # shellcheck disable=SC2086
+        OMP_NUM_THREADS=${threads} ${cuda_cmd} --gpu 0 --num_threads "${train_threads}" "${out}/train.log" \
+            ${python} -m torch.distributed.run --standalone --nproc_per_node "${num_procs}" \
+                -m "${module}" --use_preprocessor true --resume true --output_dir "${out}" "$@" \
+                --ngpu 0 --multiprocessing_distributed false --dist_backend gloo
+        return
+    fi
     log "training ${module} -> ${out} (log: ${out}/train.log)"
     # A training job is alone on its machine: it gets every core (path.sh's OMP_NUM_THREADS=1
     # is for the many parallel data/decoding jobs).
@@ -560,9 +613,12 @@ prepare_qa_data() {
     if done_already "${out}/qa_train.regenerated.jsonl"; then
         log "Stage 9: ${out}/qa_train.regenerated.jsonl exists; skipping regeneration"
     else
+        # written whole at the end; a run killed before keeps every answered dialog in
+        # qa_train.regenerated.jsonl.partial, and this re-run answers only the others
+        # (the log is appended to, so the killed run's part stays readable)
         OMP_NUM_THREADS=${train_threads} ${python} -m espnet_freeze_omni.bin.regenerate_answers --llm_dir "${llm_dir}" \
             --input "${qa_train_dialogs}" --output "${out}/qa_train.regenerated.jsonl" \
-            2>&1 | tee "${logdir}/stage9_regenerate_answers.log"
+            2>&1 | tee -a "${logdir}/stage9_regenerate_answers.log"
     fi
     if [ ! -f "${data_feats16}/${qa_train_set}/wav.scp" ]; then
         ${python} "${MAIN_ROOT}/local/dialog_turns.py" speak --dialogs "${qa_train_dialogs}" \
@@ -622,14 +678,18 @@ train_codec() {
         printf 'type: embedded\npath: %s\n' "$(cd "${codec_exp}" && pwd)" > "${codec_exp}/codec_conf.yaml"
     else
         # shellcheck disable=SC2086
-        ${python} -m espnet2.bin.gan_codec_train --collect_stats true --config "${codec_config}" \
+        ${python} -m espnet_freeze_omni.bin.gan_codec_train --collect_stats true --config "${codec_config}" \
             --train_data_path_and_name_and_type "${data_feats24}/${out_train}/wav.scp,audio,sound" \
             --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/wav.scp,audio,sound" \
             --train_shape_file "${data_feats24}/${out_train}/wav.scp" \
             --valid_shape_file "${data_feats24}/${out_valid}/wav.scp" \
             --output_dir "${codec_exp}/stats" ${codec_args} > "${logdir}/stage11_codec_stats.log" 2>&1
+        # espnet's gan_codec task on ResumableGANTrainer (a kill during a save resumes from the
+        # previous checkpoint); under DDP a discriminator turn leaves generator parameters
+        # unused, hence --unused_parameters (no cost in one process; codec_args may override)
         # shellcheck disable=SC2086
-        launch_training "${codec_exp}" espnet2.bin.gan_codec_train --config "${codec_config}" \
+        launch_training "${codec_exp}" espnet_freeze_omni.bin.gan_codec_train --config "${codec_config}" \
+            --unused_parameters true \
             --train_data_path_and_name_and_type "${data_feats24}/${out_train}/wav.scp,audio,sound" \
             --valid_data_path_and_name_and_type "${data_feats24}/${out_valid}/wav.scp,audio,sound" \
             --train_shape_file "${codec_exp}/stats/train/audio_shape" \
@@ -730,6 +790,10 @@ train_speech_output_stage3() {
 #   ${decode_dir}/T/speech_out/text         text of the spoken answers
 #   ${decode_dir}/T/speech_out/asr_text     ASR of the spoken answers   -> qa_acc_speech_out,
 #                                           and speech_out_cer against speech_out/text
+#                                           (the listener: the stage-3 model's CTC head)
+#   ${decode_dir}/T/speech_out_ceiling/asr_text  the same listener on speech_out/text spoken
+#                                           by espeak-ng in the assistant's training voice
+#                                           -> qa_acc_speech_out_ceiling (--speech_out_ceiling)
 #   ${decode_dir}/T/turn/turn_info          predicted turn ends         -> turn_end_f1
 # (Kaldi text files `utt_id words...`; turn_info lines `utt_id label seconds`.)
 # and per duplex test set D (bin/duplex_inference: one fresh DuplexSession per item, clock
@@ -838,9 +902,42 @@ decode_test_sets() {
             done
             log "Stage 15: spoken answers in ${out}/speech_out/wav ($(ls "${out}/speech_out/wav" | wc -l) wavs)"
         fi
+        speech_out_ceiling "${dset}" "${out}" "${_cmd}"
         decode_asr_stage2 "${dset}" "${out}" "${jobs}" llm "${_cmd}"  # --decode_args are speech2speech's
     done
     decode_duplex_sets "${_cmd}"
+}
+
+# The speech-out ceiling of a QA test set (--speech_out_ceiling): the texts the decoder voiced
+# (speech_out/text) re-spoken by espeak-ng in the assistant's training voice and transcribed
+# by the listener of speech_out/asr_text, the stage-3 model's CTC head (stage 3 keeps stage
+# 2's encoder and CTC frozen), into speech_out_ceiling/asr_text. CTC rather than ASR through
+# the LLM: on the embedded recipe the LLM writes a fact it knows about the person named
+# instead of the fact it hears, a lower ceiling (qa_test 42.0 % against 49.5 %, 2026-12-07).
+speech_out_ceiling() {  # <set> <decode dir of the set> <cmd>
+    local dset=$1 out=$2 _cmd=$3 tool missing="" sub=speech_out_ceiling
+    [ "${speech_out_ceiling}" != false ] && [ -f "${out}/speech_out/text" ] || return 0
+    for tool in espeak-ng sox; do command -v "${tool}" > /dev/null || missing+=" ${tool}"; done
+    if [ -n "${missing}" ]; then
+        if [ "${speech_out_ceiling}" = true ]; then
+            log "Stage 15: --speech_out_ceiling true, but not installed:${missing}" \
+                "(Debian packages espeak-ng sox libsox-fmt-all)"
+            exit 1
+        fi
+        log "Stage 15: ${dset}: no speech-out ceiling:${missing} not installed" \
+            "(qa_acc_speech_out_ceiling will be n/a)"
+        return 0
+    fi
+    log "Stage 15: ${dset} ${sub}: $(num_lines "${out}/speech_out/text") voiced texts by espeak-ng," \
+        "heard by the CTC of $(speech_input_exp 3) (log ${logdir}/stage15_decode/${dset}_${sub}.log)"
+    # shellcheck disable=SC2086
+    ${_cmd} "${logdir}/stage15_decode/${dset}_${sub}.log" \
+        ${python} -m espnet_freeze_omni.bin.speech_out_ceiling \
+            --ngpu "$([ "${gpu_inference}" = true ] && echo 1 || echo 0)" \
+            --text "${out}/speech_out/text" --listener ctc \
+            --train_config "$(speech_input_exp 3)/config.yaml" \
+            --model_file "$(speech_input_exp 3)/valid.loss.best.pth" --llm_path "${llm_dir}" \
+            --nj "${nj}" --output_dir "${out}/${sub}" ${speech_out_ceiling_args}
 }
 
 # Duplex test sets: each item through its own DuplexSession (bin/duplex_inference), with the
@@ -903,9 +1000,9 @@ score_all() {
             fi
         done
         if [[ " ${qa_test_sets} " == *" ${dset} "* ]]; then
-            for sub in text_in speech_in speech_out; do
+            for sub in text_in speech_in speech_out speech_out_ceiling; do
                 local hyp=${hyp_dir}/${sub}/text
-                [ "${sub}" = speech_out ] && hyp=${hyp_dir}/${sub}/asr_text
+                [[ "${sub}" == speech_out* ]] && hyp=${hyp_dir}/${sub}/asr_text
                 if [ -f "${hyp}" ]; then
                     need "$(qa_refs_of "${dset}")" 1 16
                     ${python} -m espnet_freeze_omni.bin.score_qa --refs "$(qa_refs_of "${dset}")" \
@@ -914,6 +1011,10 @@ score_all() {
                     scored=$(( scored + 1 ))
                 fi
             done
+            if [ -f "${hyp_dir}/speech_out/asr_text" ] && [ ! -f "${hyp_dir}/speech_out_ceiling/asr_text" ]; then
+                log "Stage 16: ${dset}: qa_acc_speech_out_ceiling is n/a: stage 15 made no" \
+                    "${hyp_dir}/speech_out_ceiling (--speech_out_ceiling false, or espeak-ng missing)"
+            fi
             if [ -f "${hyp_dir}/speech_out/asr_text" ] && [ -f "${hyp_dir}/speech_out/text" ]; then
                 # speech_out holds only the turns the state head answered: with none (an
                 # undertrained head, a set of side talk) there is no CER to give, which is not

@@ -6,6 +6,9 @@
 # in conf/). Sized for one node of 8 GPUs, as in the paper. With CODEC_CORPUS (db.sh), the TTS
 # corpus data/tts_train trains the codec and the speech decoder; without it, train_960 does.
 #
+# The speech-out ceiling (espeak-ng renders of the answers) is off: the assistant's voice here
+# is the TTS corpus', not espeak-ng's.
+#
 #   ./run.sh --stage N --stop_stage M          options: ./freeze_omni.sh --help
 set -euo pipefail
 . ./db.sh
@@ -24,6 +27,7 @@ set -euo pipefail
     --inference_nj 8 \
     --ngpu 8 \
     --gpu_inference true \
+    --speech_out_ceiling false \
     ${QWEN2_7B_INSTRUCT:+--llm_path "${QWEN2_7B_INSTRUCT}"} \
     ${CODEC_CORPUS:+--tts_train_set tts_train} \
     "$@"

@@ -12,7 +12,7 @@ set -euo pipefail
 # training utterances only): noise at 5-30 dB SNR on 60 % of them, reverberation on 30 %,
 # from the lists local/data.sh writes (docs/experiments/2026-12-07-unseen-voices.md)
 augment_args="--preprocessor_conf noise_scp=data/local/augment/noise.scp"
-augment_args+=" --preprocessor_conf noise_apply_prob=0.6 --preprocessor_conf noise_db_range=5_30"
+augment_args+=" --preprocessor_conf noise_apply_prob=0.6 --preprocessor_conf noise_db_range='5_30'"
 augment_args+=" --preprocessor_conf rir_scp=data/local/augment/rirs.scp"
 augment_args+=" --preprocessor_conf rir_apply_prob=0.3"
 

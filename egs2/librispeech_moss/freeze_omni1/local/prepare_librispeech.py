@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from espnet_freeze_omni.data.datadir import utt2spk_to_spk2utt, write_kaldi_map
+from espnet_freeze_omni.data.kaldi_table import utt2spk_to_spk2utt, write_kaldi_map
 
 
 def part_dir(corpus: Path, part: str) -> Path:

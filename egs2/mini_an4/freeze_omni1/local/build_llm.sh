@@ -16,7 +16,12 @@ help_message="Usage: local/build_llm.sh [--out exp/llm] [--vocab_size 300] [--hi
 [ -f data/train/text ] || { echo "$0: data/train/text is missing: run stage 1 first" >&2; exit 1; }
 mkdir -p "${out}_text"
 cut -d' ' -f2- data/train/text > "${out}_text/lm_text.txt"
+# built beside ${out} and renamed into place: a kill never leaves a ${out}/config.json next to
+# missing or torn weights (stage 5 takes that file as its completion marker)
+rm -rf "${out}.tmp"
 python3 -m espnet_freeze_omni.bin.build_tiny_llm --family qwen2 \
-    --text_file "${out}_text/lm_text.txt" --out_dir "${out}" --vocab_size "${vocab_size}" \
+    --text_file "${out}_text/lm_text.txt" --out_dir "${out}.tmp" --vocab_size "${vocab_size}" \
     --hidden_size "${hidden_size}" --num_layers "${num_layers}" --num_heads 2 --num_kv_heads 1 \
     --intermediate_size $(( hidden_size * 2 ))
+rm -rf "${out}"
+mv "${out}.tmp" "${out}"

@@ -9,7 +9,7 @@ duration in <dst>/filtered_out.txt and counted on stdout.
 """
 import argparse
 
-from espnet_freeze_omni.data.datadir import filter_by_length
+from espnet_freeze_omni.data.derive import filter_by_length
 
 parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

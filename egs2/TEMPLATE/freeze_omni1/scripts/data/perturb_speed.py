@@ -5,7 +5,8 @@
 """
 import argparse
 
-from espnet_freeze_omni.data.datadir import perturb_speed, read_kaldi_map
+from espnet_freeze_omni.data.derive import perturb_speed
+from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
 
 parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
