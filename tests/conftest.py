@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import soundfile
 
 from espnet_freeze_omni.data.espeak import SpokenUtterance, pick_voice, synthesize_datadir
@@ -85,3 +86,27 @@ def tiny_llm_dir(tmp_path_factory, spoken_corpus):
 
     texts = (spoken_corpus / "lm_text.txt").read_text().splitlines()
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "qwen2", texts, family="qwen2")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures(
+    "one_thread")`): tiny models run several times faster on one thread than on two
+    contending ones on a busy 2-core machine, and runs compared bit for bit (in-process
+    against child processes) add their floats up in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def espnet_data_args(corpus: Path, splits=("train", "valid")) -> list:
+    """espnet's data options for a corpus of <split>/{wav.scp,text} dirs: speech and text
+    of each split, the wav.scp as its shape file."""
+    args = []
+    for split in splits:
+        d = corpus / split
+        args += [f"--{split}_data_path_and_name_and_type", f"{d}/wav.scp,speech,sound",
+                 f"--{split}_data_path_and_name_and_type", f"{d}/text,text,text",
+                 f"--{split}_shape_file", str(d / "wav.scp")]
+    return args

@@ -11,9 +11,11 @@ import json
 import pytest
 import torch
 
-from test_speech2speech import one_thread, pack, work  # noqa: F401 (fixtures, helper)
+from test_speech2speech import pack, work  # noqa: F401 (fixtures, helper)
 
 from espnet_freeze_omni.bin.benchmark_latency import SEGMENTS, STAGES, TOTALS, main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import espnet_data_args
+
 from espnet_freeze_omni.bin import speech_input_train
 from espnet_freeze_omni.tasks.speech_input import SpeechInputTask
 
@@ -33,21 +35,11 @@ LOSS_RTOL = 0.02
 NUM_PROCS = 2
 
 
-def data_args(corpus: Path):
-    args = []
-    for split in ("train", "valid"):
-        d = corpus / split
-        args += [f"--{split}_data_path_and_name_and_type", f"{d}/wav.scp,speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{d}/text,text,text",
-                 f"--{split}_shape_file", str(d / "wav.scp")]
-    return args
-
-
 def stage_args(corpus: Path, stage: int, *extra):
     """One epoch, 3 global batches of 4 utterances, nothing random in the forward."""
     return [
         "--config", str(CONF / f"speech_input_stage{stage}_tiny.yaml"),
-        *data_args(corpus),
+        *espnet_data_args(corpus),
         "--token_list", str(corpus / "tokens.txt"),
         # per-utterance normalization: no collect-stats pass needed for this test
         "--normalize", "utterance_mvn",

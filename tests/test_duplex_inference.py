@@ -13,9 +13,11 @@ import pytest
 import soundfile
 
 from test_duplex_session import scripted_head  # noqa: F401 (fixture)
-from test_speech2speech import REPO, one_thread, s2s, work  # noqa: F401 (fixtures)
+from test_speech2speech import REPO, s2s, work  # noqa: F401 (fixtures)
 
 from espnet_freeze_omni.models.speech_input import STATE_IGNORE, STATE_LISTEN, STATE_RESPOND
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 RATE = 16000
 

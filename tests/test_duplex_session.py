@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from test_speech2speech import one_thread, s2s, work  # noqa: F401 (fixtures)
+from test_speech2speech import s2s, work  # noqa: F401 (fixtures)
 
 from espnet_freeze_omni.inference.duplex_runner import render_output, run_duplex, speech_spans
 from espnet_freeze_omni.models.speech_input import STATE_IGNORE, STATE_LISTEN, STATE_RESPOND
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 RATE = 16000
 

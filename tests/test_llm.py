@@ -12,13 +12,7 @@ HISTORY = [{"role": "user", "content": "Hello, how are you today?"},
 QUESTION = "What is the capital of Zorbia?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on a busy 2-core machine are several times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

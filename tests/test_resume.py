@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import espnet_data_args
+
 from espnet_freeze_omni.bin import regenerate_answers, speech_input_train
 from espnet_freeze_omni.tasks import resumable_trainer as resumable
 from espnet_freeze_omni.tasks.resumable_trainer import (
@@ -50,25 +52,12 @@ MAX_EPOCH = 3
 STARTUP_TIMEOUT = 300  # a cold start imports espnet2 (20 s on 2 busy cores)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The killed runs are child processes with one thread; the in-process runs use one as
-    # well, so that all of them add up floats in the same order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def train_cmd(corpus: Path, out: Path, *extra: str) -> list:
-    args = []
-    for split in ("train", "valid"):
-        d = corpus / split
-        args += [f"--{split}_data_path_and_name_and_type", f"{d}/wav.scp,speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{d}/text,text,text",
-                 f"--{split}_shape_file", str(d / "wav.scp")]
     return [
-        "--config", str(CONF / "speech_input_stage1_tiny.yaml"), *args,
+        "--config", str(CONF / "speech_input_stage1_tiny.yaml"), *espnet_data_args(corpus),
         "--token_list", str(corpus / "tokens.txt"),
         "--normalize", "utterance_mvn",  # no collect-stats pass needed
         "--output_dir", str(out), "--ngpu", "0",

@@ -19,9 +19,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from test_speech2speech import one_thread, pack, s2s, work  # noqa: F401 (fixtures)
+from test_speech2speech import pack, s2s, work  # noqa: F401 (fixtures)
 
 from espnet_freeze_omni.serve.audio import StreamingResampler, decode_pcm16, encode_pcm16
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 RATE = 16000
 MANUAL = {"type": "realtime", "audio": {"input": {

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from test_speech2speech import one_thread, s2s, work  # noqa: F401 (fixtures)
+from test_speech2speech import s2s, work  # noqa: F401 (fixtures)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium",
                        "/usr/bin/chromium-browser")

@@ -17,13 +17,7 @@ TINY = dict(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=2,
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two contending ones on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def tiny_decoder(use_prefix=False, seed=0, llm_hidden_size=64):
     torch.manual_seed(seed)

@@ -15,10 +15,12 @@ import pytest
 import soundfile
 
 from test_recipe_helpers import bash, recipe_copy
-from test_speech2speech import one_thread, work  # noqa: F401 (fixtures)
+from test_speech2speech import work  # noqa: F401 (fixtures)
 
 from espnet_freeze_omni.bin import speech_out_ceiling
 from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TEXTS = {"d1-t1": "Anna lives in Paris.", "d1-t2": "", "d2-t1": "Tom is ten years old."}
 

@@ -33,13 +33,7 @@ QUESTIONS = [
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two contending ones on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def write_split(d: Path, idx, rng, codec_drop=None, codec_bad=None):
     d.mkdir(parents=True, exist_ok=True)
