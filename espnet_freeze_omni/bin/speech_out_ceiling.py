@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -114,11 +113,12 @@ def transcribe_all(listener, mode: str, wavs: Dict[str, str], desc: str) -> Dict
     return heard
 
 
-def speakable(text: str) -> str:
-    """The text as espeak-ng can be given it on its command line: control, format and other
-    non-printing characters (an undertrained LLM writes NUL bytes) become spaces."""
-    return " ".join("".join(" " if unicodedata.category(c).startswith("C") else c
-                            for c in text).split())
+def speakable_texts(texts: Dict[str, str]) -> Dict[str, str]:
+    """{utt: text} of the texts with something to say, cleaned as espeak-ng is given them."""
+    from espnet_freeze_omni.data.espeak import speakable
+
+    cleaned = {utt: speakable(text) for utt, text in texts.items()}
+    return {utt: text for utt, text in cleaned.items() if text}
 
 
 def render(texts: Dict[str, str], out_dir: Path, args: argparse.Namespace,
@@ -130,10 +130,11 @@ def render(texts: Dict[str, str], out_dir: Path, args: argparse.Namespace,
     from espnet_freeze_omni.data.espeak import SpokenUtterance, synthesize_datadir
     from espnet_freeze_omni.data.kaldi_table import read_kaldi_map
 
-    spoken = [SpokenUtterance(utt_id=utt, text=speakable(text), speaker=SPEAKER,
+    # texts with nothing espeak-ng can say (control characters only) get no render
+    spoken = [SpokenUtterance(utt_id=utt, text=text, speaker=SPEAKER,
                               voice=args.voice, speed=args.speed, pitch=args.pitch,
                               trailing_silence=args.trailing_silence)
-              for utt, text in sorted(texts.items()) if speakable(text)]
+              for utt, text in sorted(speakable_texts(texts).items())]
     if not spoken:  # nothing voiced: an empty data dir, so later steps find the files
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
@@ -188,7 +189,7 @@ def main(cmd: Optional[list] = None) -> int:
                          f"{args.model_file} has none (a stage-1 model)")
     voice = f"espeak-ng -v {args.voice} -s {args.speed} -p {args.pitch}"
     logging.info("%d voiced text(s) of %s rendered by %s into %s, heard by the %s listener "
-                 "of %s", sum(1 for t in texts.values() if speakable(t)), args.text, voice,
+                 "of %s", len(speakable_texts(texts)), args.text, voice,
                  out_dir, args.listener, args.model_file)
     wavs = render(texts, out_dir, args, listener.sample_rate)
     heard = transcribe_all(listener, args.listener, wavs, f"{args.listener} <- espeak-ng")

@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -59,6 +60,14 @@ def convert_to_wav(src: str | os.PathLike, dst: str | os.PathLike, sample_rate: 
         raise RuntimeError(f"sox cannot convert {src} to {dst}: {proc.stderr.strip()[-300:]}")
 
 
+def speakable(text: str) -> str:
+    """The text as espeak-ng can be given it on its command line: control, format and other
+    non-printing characters (an undertrained LLM writes NUL bytes, which no argv can hold)
+    become spaces."""
+    return " ".join("".join(" " if unicodedata.category(c).startswith("C") else c
+                            for c in text).split())
+
+
 def synthesize(
     text: str,
     wav_path: str | os.PathLike,
@@ -99,7 +108,8 @@ def synthesize(
         raw = tmp.name
     try:
         subprocess.run(
-            [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw, text],
+            [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw,
+             speakable(text)],
             check=True, capture_output=True,
         )
         convert_to_wav(raw, wav_path, sample_rate, trailing_silence)

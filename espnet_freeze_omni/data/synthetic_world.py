@@ -43,6 +43,7 @@ every TTS utterance with TTS_TRAILING_SILENCE.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from pathlib import Path
@@ -87,6 +88,7 @@ REPEAT_PROMPT = "Repeat after me: {}"
 SPOKEN_SETS = ("train", "dev", "test", "qa_train", "qa_test", "tts_train", "tts_dev")
 
 
+@functools.lru_cache(maxsize=None)  # _utterance asks for it for one utterance in ten
 def assistant_voice_index() -> int:
     """The first voice index that espeak.pick_voice turns into ASSISTANT_VOICE."""
     for index in range(1000):
