@@ -20,6 +20,7 @@ import soundfile
 import torch
 
 from espnet_freeze_omni.bin import speech_input_train
+from espnet_freeze_omni.tasks.resumable_trainer import CHECKPOINT, PREVIOUS, is_complete_torch_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -55,8 +56,16 @@ def stage_cmd(corpus, stats, out, stage, *extra):
 
 
 def epoch_stats(out: Path) -> dict:
-    """{epoch: {'train': {...}, 'valid': {...}}} from the trainer's checkpoint."""
-    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    """{epoch: {'train': {...}, 'valid': {...}}} from the checkpoint a resume would use.
+
+    After a kill that is `checkpoint.pth` when whole, else `checkpoint.prev.pth`: the kill
+    may land after the trainer moved epoch N-1's checkpoint aside and before (or while)
+    epoch N's is written (tasks/resumable_trainer.py).
+    """
+    ckpt_path = out / CHECKPOINT
+    if not (ckpt_path.exists() and is_complete_torch_file(ckpt_path)):
+        ckpt_path = out / PREVIOUS
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     return ckpt["reporter"]["stats"]
 
 
