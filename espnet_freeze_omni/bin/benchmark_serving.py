@@ -45,12 +45,6 @@ import numpy as np
 
 RATE = 16000  # the clients declare 16 kHz input (the model's rate)
 FRAME_SECONDS = 0.04
-QUESTIONS = (
-    "what color is the sky", "where does anna live", "how old is tom",
-    "what is the capital of zorvia", "who owns the red car", "what does maria do",
-    "what pet does leo have", "when does the shop open", "what is the name of the river",
-    "which fruit does sam like",
-)
 
 
 @dataclasses.dataclass
@@ -72,6 +66,7 @@ def spoken_questions(work: Path, count: int) -> List[np.ndarray]:
     """Spoken questions at 16 kHz, cut at their last sound (the speech end is the end)."""
     from espnet_freeze_omni.data.audio import load_audio
     from espnet_freeze_omni.data.espeak import pick_voice, synthesize
+    from espnet_freeze_omni.inference.random_model import QUESTIONS
 
     out = []
     for i in range(count):
@@ -308,7 +303,7 @@ def build_models(args) -> List:
             if "max_codec_tokens" in decode:
                 m.synthesizer.max_tokens = decode["max_codec_tokens"]
         return models
-    from espnet_freeze_omni.bin.benchmark_latency import build_random_s2s
+    from espnet_freeze_omni.inference.random_model import build_random_s2s
 
     work = Path(tempfile.mkdtemp(prefix="benchmark_serving_"))
     decode.setdefault("max_new_tokens", 24)
