@@ -249,6 +249,74 @@ def test_bad_input_is_refused_with_a_message(s2s):
         s2s.session(vad=False, max_context_tokens=50)
 
 
+def test_text_turn_answers_like_the_text_in_model_and_extends_the_same_cache(s2s, work):
+    """A typed turn alone answers as answer_text(); after a spoken turn it continues the
+    spoken turn's K/V (checked against an offline prefill of exactly that sequence)."""
+    import soundfile
+
+    from espnet_freeze_omni.inference.speech_input_inference import greedy_continue
+
+    question = "what color is the sky"
+    alone = s2s.session(vad=False, turn_detection="manual")
+    events = alone.text_turn(question) + alone.flush()
+    assert of(events, "turn_ended")[0].data["text"] == question
+    assert answer_ids(events) == s2s.answer_text(question).token_ids
+    assert of(events, "answer_done")[0].data["status"] == "completed"
+    assert of(events, "audio")  # voiced like any answer
+
+    wav, _ = soundfile.read(work["data"] / "wav" / "d1-t1.wav", dtype="float32")
+    session = s2s.session(vad=False, turn_detection="manual", barge_in=False)
+    events = feed_in(session, wav, 3000) + session.commit()
+    tick = np.zeros(session.chunk_samples, dtype=np.float32)
+    while session.answer is not None:  # the spoken turn's answer plays out
+        events += session.feed(tick)
+    events += session.text_turn(question) + session.flush()
+    first, second = answer_ids(events, 1), answer_ids(events, 2)
+    model, llm, template = s2s.listener.model, s2s.llm, s2s.template
+    with torch.no_grad():
+        speech = torch.tensor(wav)[None]
+        audio, _, _, _ = model.audio_embeddings(speech, torch.tensor([speech.size(1)]))
+        suffix = llm.embed_tokens(torch.tensor([template.suffix_ids()]))[0]
+        closing = template.answer_end_ids() + template.next_turn_ids()
+        pieces = [llm.embed_tokens(torch.tensor([template.prefix_ids()]))[0],
+                  model.before_audio(1, "cpu")[0], audio[0], suffix,
+                  llm.embed_tokens(torch.tensor([first + closing]))[0],
+                  llm.embed_tokens(torch.tensor([template.question_ids(question)]))[0], suffix]
+        expected = greedy_continue(llm, torch.cat(pieces)[None], session.max_new_tokens)
+    assert first == s2s.answer(wav).token_ids
+    assert second == expected
+    assert session.history_length == sum(p.size(0) for p in pieces) + len(second) + len(closing)
+
+
+def test_text_turn_cuts_the_answer_in_progress_and_refuses_bad_text(s2s, work):
+    import soundfile
+
+    wav, _ = soundfile.read(work["data"] / "wav" / "solo.wav", dtype="float32")
+    session = s2s.session(vad=False, turn_detection="manual", max_new_tokens=40)
+    events = feed_in(session, wav, 4000) + session.commit()
+    events += session.feed(np.zeros(session.chunk_samples, dtype=np.float32))
+    # (on the audio clock the answer is generated at once: it is still being played)
+    assert session.answer is not None and session.playback_end > session.clock
+    events += session.text_turn("where does anna live") + session.flush()
+    cut = of(events, "interrupted")
+    assert len(cut) == 1 and cut[0].data["answer_id"] == 1
+    assert cut[0].data["voiced_tokens"] <= len(answer_ids(events, 1))
+    done = {e.data["answer_id"]: e.data["status"] for e in of(events, "answer_done")}
+    assert done[2] == "completed"
+    # the history keeps the first answer as far as it was voiced
+    closing = len(s2s.template.answer_end_ids() + s2s.template.next_turn_ids())
+    assert len(session.turns) == 2
+    assert len(session.turns[0].assistant_ids) - closing == cut[0].data["voiced_tokens"]
+    with pytest.raises(RuntimeError, match="after flush"):
+        session.text_turn("hello")
+    fresh = s2s.session(vad=False, turn_detection="manual")
+    with pytest.raises(ValueError, match="empty"):
+        fresh.text_turn("   ")
+    with pytest.raises(ValueError, match="tokens long"):
+        fresh.text_turn("word " * (fresh.max_turn_positions + 10))
+    assert not fresh.turns and fresh.answer is None  # nothing of the refused turns was kept
+
+
 def test_silence_and_a_long_monologue_stay_bounded(s2s, scripted_head):
     """60 s of speech-like noise that the head never judges finished: the turn's cache is
     bounded by max_turn_seconds, no answer comes."""

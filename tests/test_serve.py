@@ -175,6 +175,43 @@ def test_official_openai_client_gets_a_spoken_answer(server, s2s):
     assert not [e for e in events if e.type == "error"]  # response.create was the commit's
 
 
+def test_official_openai_client_typed_message_is_answered_as_text_in(server, s2s):
+    """conversation.item.create (input_text) + response.create through the `openai` client:
+    the answer is the text-in model's answer to that question, and it is spoken."""
+    from openai import AsyncOpenAI
+
+    question = "where does anna live"
+    expected = s2s.answer_text(question).text
+
+    async def talk():
+        client = AsyncOpenAI(websocket_base_url=f"{server.ws_url[:-len('/realtime')]}",
+                             api_key="x")
+        events = []
+        async with client.realtime.connect(model="freeze-omni") as connection:
+            await connection.session.update(session={
+                "type": "realtime", "audio": {"input": {"turn_detection": None}}})
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": question}]})
+            await connection.response.create()
+            async for event in connection:
+                events.append(event)
+                if event.type == "response.done":
+                    break
+        return events
+
+    events = asyncio.run(asyncio.wait_for(talk(), 60))
+    kinds = [e.type for e in events]
+    assert not [e for e in events if e.type == "error"], events
+    added = [e for e in events if e.type == "conversation.item.added"]
+    assert len(added) == 1 and added[0].item.content[0].text == question
+    assert "input_audio_buffer.committed" not in kinds  # no audio was committed
+    assert kinds.index("response.created") < kinds.index("response.output_audio.delta")
+    done = events[-1]
+    assert done.response.status == "completed"
+    assert done.response.output[0].content[0].transcript == expected
+
+
 # ---------------------------------------------------------------------------- many clients
 def test_eight_concurrent_clients_each_get_their_own_answer(server, s2s):
     questions = [noise(0.8 + 0.16 * i, seed=100 + i) for i in range(8)]
@@ -234,11 +271,15 @@ def test_bad_events_get_error_events_and_the_session_goes_on(server, s2s):
                           session={"audio": {"input": {"format": {"type": "audio/pcmu"}}}})
         assert (await client.until("error"))["error"]["code"] == "unsupported_audio_format"
         await client.send(type="conversation.item.create", event_id="e6", item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "what color is the sky"}]})
+            "type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "what color is the sky"}]})
         error = (await client.until("error"))["error"]
-        assert error["code"] == "text_turn_unsupported" and error["event_id"] == "e6"
-        assert "spoken turns only" in error["message"]
+        assert error["code"] == "unsupported_item" and error["event_id"] == "e6"
+        assert "'assistant'" in error["message"]
+        await client.send(type="conversation.item.create", event_id="e6b", item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": " "}]})
+        error = (await client.until("error"))["error"]
+        assert error["code"] == "invalid_value" and error["event_id"] == "e6b"
         await client.send(type="input_audio_buffer.commit", event_id="e7")
         error = (await client.until("error"))["error"]
         assert error["code"] == "input_audio_buffer_commit_empty" and error["event_id"] == "e7"

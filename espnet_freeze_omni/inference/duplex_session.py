@@ -19,7 +19,8 @@ position after every chunk:
     ignore   not addressed to the assistant: the turn is dropped, an answer in progress goes on
 
 History is the LLM's K/V of the earlier audio turns and the assistant's own answers, as in
-the paper: nothing is re-fed as text. A turn is listened to on a fork of the history (the
+the paper: nothing is re-fed as text. (A typed turn, `text_turn(text)`, enters the same
+cache as the text-in model reads a question, and is answered at once.) A turn is listened to on a fork of the history (the
 turn may be side talk, and the answer in progress must stay usable); the fork becomes the
 history when the turn is answered. The answer's text is generated ahead of its voice: at a
 barge-in the history keeps the answer as far as it had been voiced when the user started
@@ -704,6 +705,45 @@ class DuplexSession:
         self._unfed.clear()
         self.listening = None
         self._vad_started_here = False
+        return self._take()
+
+    @torch.no_grad()
+    def text_turn(self, text: str) -> List[SessionEvent]:
+        """A typed user turn (a server's conversation.item.create with input_text, then
+        response.create), answered at once as a spoken turn is at the state head's decision.
+
+        Its tokens enter the dialogue's LLM cache as the text-in model reads a question
+        (chat_template.question_ids), so the answer is the one `Speech2Speech.answer_text`
+        gives with the same history; later turns, spoken or typed, extend that cache. An
+        answer in progress is cut where it was voiced (as cancel() cuts it); a spoken turn
+        being listened to is dropped, as clear() drops it."""
+        if self._flushed:
+            raise RuntimeError("text_turn() after flush(): the session's input has ended")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text_turn(): the turn's text is empty")
+        ids = self.template.question_ids(text.strip())
+        if len(ids) > self.max_turn_positions:
+            raise ValueError(f"text_turn(): the text is {len(ids)} tokens long; a turn holds "
+                             f"at most {self.max_turn_positions} (max_turn_seconds "
+                             f"{self.options.max_turn_seconds})")
+        self._cancel_answer()
+        self._unfed.clear()
+        self.listening = None
+        self._vad_started_here = False
+        t0 = time.perf_counter()
+        self.history = self._bounded(self.history)
+        cache = self.llm.fork_cache(self.history)
+        question = self._embed(ids)[0]
+        self.llm.extend(question[None], cache, logits_to_keep=1)
+        self.charge(t0)
+        self.event("turn_ended", opened_at=round(self.clock, 4), forced=True,
+                   heard_seconds=0.0, text=text.strip())
+        turn = _Turn(torch.cat([question, self.suffix_embeds[0]]).detach(), [])
+        self.turns.append(turn)
+        self._answers += 1
+        self.answer = _Answer(self, self._answers, cache, turn, self.clock)
+        if self.options.answer_in_feed:
+            self._catch_up(None if self.options.clock == "audio" else self.clock)
         return self._take()
 
     def _take(self) -> List[SessionEvent]:

@@ -5,7 +5,8 @@ resamples input audio to the model's rate, puts work into its ServedSession's in
 turns what the worker hands back (DuplexSession events) into Realtime server events:
 
     speech_started / speech_stopped   input_audio_buffer.speech_started / speech_stopped
-    turn_ended                        input_audio_buffer.committed, response.created
+    turn_ended                        input_audio_buffer.committed (a spoken turn),
+                                      response.created
     text                              response.output_audio_transcript.delta
     audio                             response.output_audio.delta (PCM16, 24 kHz)
     answer_done                       response.output_audio.done,
@@ -14,6 +15,10 @@ turns what the worker hands back (DuplexSession events) into Realtime server eve
     state / ignored / interrupted     freeze_omni.state / freeze_omni.ignored /
                                       freeze_omni.interrupted (extras: clients ignore them)
     (per answer)                      freeze_omni.latency: speech end -> first audio, stages
+
+A typed user message (conversation.item.create, input_text) is acknowledged with
+conversation.item.added and answered at the next response.create by the session's
+text_turn.
 
 Latency is measured on the server's wall clock: from when the audio holding the speech end
 arrived (the VAD's speech_stopped position, or the commit for a manual turn) to when the
@@ -97,6 +102,8 @@ class RealtimeConnection:
         self.previous_item: Optional[str] = None
         self.speech_end_sample: Optional[int] = None  # the last speech_stopped of this turn
         self.last_commit_at: Optional[float] = None
+        # typed user turns (conversation.item.create) waiting for response.create: (item, text)
+        self.text_items: List[tuple] = []
         self.answers = 0  # turn_ended events seen: the session's answer ids
         self.responses: Dict[int, _Response] = {}
         self.stats = collections.Counter()
@@ -254,28 +261,43 @@ class RealtimeConnection:
     def on_response_create(self, event: Dict[str, Any]) -> None:
         if self.last_commit_at is None:
             self.last_commit_at = time.monotonic()
-        self.served.put("respond", None, event.get("event_id"))
+        text = None
+        if self.text_items:  # the typed turns since the last response make one user turn
+            self.user_item = self.text_items[-1][0]
+            text = "\n".join(t for _, t in self.text_items)
+            self.text_items = []
+        self.served.put("respond", text, event.get("event_id"))
 
     def on_response_cancel(self, event: Dict[str, Any]) -> None:
         self.served.put("cancel", None, event.get("event_id"))
 
     def on_item_create(self, event: Dict[str, Any]) -> None:
+        """A typed user message: added to the conversation now (conversation.item.added),
+        answered at the next response.create through the session's text turn."""
         item = event.get("item")
         if not isinstance(item, dict):
             raise ProtocolError("invalid_value", "conversation.item.create needs an `item`",
                                 "item")
         content = item.get("content") or []
         kinds = {c.get("type") for c in content if isinstance(c, dict)}
-        if item.get("type", "message") == "message" and kinds & {"input_text", "text"}:
+        if item.get("type", "message") != "message" or item.get("role", "user") != "user" \
+                or not kinds or not kinds <= {"input_text", "text"}:
             raise ProtocolError(
-                "text_turn_unsupported",
-                "this session takes spoken turns only: the Freeze-Omni duplex session listens "
-                "to audio (its LLM cache holds the audio of each turn) and has no text input; "
-                "send the turn as audio with input_audio_buffer.append", "item.content")
-        raise ProtocolError("unsupported_item",
-                            f"conversation items of type {item.get('type')!r} with "
-                            f"{sorted(k for k in kinds if k) or 'no'} content cannot be added: "
-                            "send audio with input_audio_buffer.append", "item")
+                "unsupported_item",
+                f"conversation items of type {item.get('type')!r}, role {item.get('role')!r} "
+                f"with {sorted(k for k in kinds if k) or 'no'} content cannot be added: this "
+                "server takes user messages of input_text (answered at response.create) and "
+                "audio through input_audio_buffer.append", "item")
+        text = " ".join(str(c.get("text") or "") for c in content if isinstance(c, dict)).strip()
+        if not text:
+            raise ProtocolError("invalid_value", "the user message has no text",
+                                "item.content")
+        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        previous = self.text_items[-1][0] if self.text_items else self.previous_item
+        self.text_items.append((item_id, text))
+        self.send(server_event("conversation.item.added", previous_item_id=previous, item={
+            "id": item_id, "type": "message", "object": "realtime.item", "role": "user",
+            "status": "completed", "content": [{"type": "input_text", "text": text}]}))
 
     def on_item_truncate(self, event: Dict[str, Any]) -> None:
         # the session already keeps an interrupted answer as far as it was voiced
@@ -368,8 +390,9 @@ class RealtimeConnection:
 
     def _turn_ended(self, e) -> None:
         item = self.user_item or new_id("item")
-        self.send(server_event("input_audio_buffer.committed",
-                               previous_item_id=self.previous_item, item_id=item))
+        if "text" not in e.data:  # a typed turn was announced by conversation.item.added
+            self.send(server_event("input_audio_buffer.committed",
+                                   previous_item_id=self.previous_item, item_id=item))
         self.send(server_event("freeze_omni.turn_ended", item_id=item,
                                forced=e.data["forced"], heard_seconds=e.data["heard_seconds"]))
         self.previous_item, self.user_item = item, None

@@ -114,7 +114,8 @@ class ServedSession:
                 fed += len(take)
             else:
                 out = self._control(s2s, kind, payload, event_id)
-            self._count_answers(out)
+            if kind != "respond":  # an answer response.create starts is its own
+                self._count_answers(out)
             events += out
         self._post_events(events)
 
@@ -157,6 +158,9 @@ class ServedSession:
             if kind == "commit":
                 return session.commit()
             if kind == "respond":
+                if payload is not None:  # typed user turns: answered now
+                    self.unclaimed_response = False
+                    return session.text_turn(payload)
                 if self.unclaimed_response:  # the answer the last commit/turn end started
                     self.unclaimed_response = False
                     return []
