@@ -13,14 +13,17 @@ import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from test_speech2speech import pack, s2s, work  # noqa: F401 (fixtures)
 
+from espnet_freeze_omni.models.speech_input import STATE_LISTEN, STATE_RESPOND
 from espnet_freeze_omni.serve.audio import StreamingResampler, decode_pcm16, encode_pcm16
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -435,6 +438,51 @@ def test_response_cancel_stops_the_answer(server, s2s, monkeypatch):
         await client.ws.close()
 
     asyncio.run(asyncio.wait_for(run(), 90))
+
+
+def test_latency_of_an_answer_done_before_the_vads_silence_wait_is_still_reported(
+        server, s2s, monkeypatch, tmp_path):
+    """The state head takes the turn 0.3 s after the speech ends, the short answer is done
+    before the VAD (2 s minimum silence) says where the speech stopped: freeze_omni.latency
+    waits for that speech_stopped and reports speech end -> first audio."""
+    from espnet_freeze_omni.data.audio import load_audio
+    from espnet_freeze_omni.data.espeak import synthesize
+
+    speech = load_audio(str(synthesize("what color is the sky over paris",
+                                       tmp_path / "q.wav")), RATE)
+    speech_over = threading.Event()
+
+    def head(hidden):  # listen while the user speaks, respond once told the speech is over
+        out = torch.full(hidden.shape[:-1] + (3,), -5.0)
+        out[..., STATE_RESPOND if speech_over.is_set() else STATE_LISTEN] = 5.0
+        return out
+
+    monkeypatch.setattr(s2s.listener.model, "state_logits", head)
+
+    async def run():
+        client = await Client.open(server)
+        await client.send(type="session.update", session={
+            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm",
+                                                              "rate": RATE},
+                                                   "turn_detection": {"type": "semantic_vad"}}},
+            "freeze_omni": {"max_new_tokens": 6}})
+        await client.until("session.updated")
+        await client.stream(np.concatenate([np.zeros(RATE // 2, np.float32), speech]))
+        await client.stream(np.zeros(int(0.3 * RATE), np.float32))
+        speech_over.set()
+        await client.stream(np.zeros(int(3.0 * RATE), np.float32))
+        latency = await client.until("freeze_omni.latency", timeout=30)
+        kinds = [e["type"] for e in client.events]
+        await client.ws.close()
+        return client, latency, kinds
+
+    client, latency, kinds = asyncio.run(asyncio.wait_for(run(), 60))
+    assert kinds.index("response.done") < kinds.index("input_audio_buffer.speech_stopped") \
+        < kinds.index("freeze_omni.latency")
+    assert latency["speech_end_to_first_audio_s"] is not None
+    assert 0.0 < latency["speech_end_to_first_audio_s"] < 3.0
+    assert latency["speech_end_to_decision_s"] >= 0.0
+    wait_sessions(server, 0)
 
 
 # ---------------------------------------------------------------------------- session methods

@@ -71,6 +71,9 @@ class _Response:
     cancel_requested: bool = False
     done: bool = False
     resampler: Optional[StreamingResampler] = None  # a codec not at 24 kHz
+    # the freeze_omni.latency figures known at response.done, held until the VAD names
+    # where the speech ended (the state head often answers before the VAD's silence wait)
+    latency_pending: Optional[Dict[str, Any]] = None
 
 
 class RealtimeConnection:
@@ -369,12 +372,15 @@ class RealtimeConnection:
                                    audio_end_ms=int(round(data["at"] * 1000)),
                                    item_id=self.user_item or new_id("item")))
             latest = self.responses.get(self.answers)
-            if latest is not None and latest.speech_end_sample is None and not latest.done:
+            if latest is not None and latest.speech_end_sample is None \
+                    and latest.speech_end_at is None:
                 # the state head took the turn before the VAD's silence was long enough (it
-                # waits 2 s by default, often past the answer's first audio): the speech end
-                # is where the VAD says, whenever it says it
+                # waits 2 s by default, often past the answer's first audio, even past its
+                # end): the speech end is where the VAD says, whenever it says it
                 latest.speech_end_sample = self.speech_end_sample
                 latest.speech_end_at = self._arrival(self.speech_end_sample)
+                if latest.latency_pending is not None:
+                    self._send_latency(latest)
         elif e.type == "state":
             self.send(server_event("freeze_omni.state", state=data["state"], chunk=data["chunk"],
                                    probs=data["probs"], audio_ms=int(round(e.audio_time * 1000))))
@@ -389,6 +395,9 @@ class RealtimeConnection:
                 getattr(self, "_answer_" + e.type)(response, e)
 
     def _turn_ended(self, e) -> None:
+        previous = self.responses.get(self.answers)
+        if previous is not None and previous.latency_pending is not None:
+            self._send_latency(previous)  # no speech end came before the next turn
         item = self.user_item or new_id("item")
         if "text" not in e.data:  # a typed turn was announced by conversation.item.added
             self.send(server_event("input_audio_buffer.committed",
@@ -468,6 +477,14 @@ class RealtimeConnection:
                                **common))
         self.send(server_event("response.done", response=response_object(
             response.id, status, response.item_id, transcript, reason)))
+        response.latency_pending = dict(
+            audio_seconds=round(response.audio_samples / OUTPUT_RATE, 4),
+            stages_s=e.data.get("timings", {}), compute_s=e.data.get("compute", {}))
+        if response.speech_end_at is not None or not self.config.session_options().get("vad"):
+            self._send_latency(response)  # else: at the VAD's speech_stopped (or next turn)
+        self.stats["responses_" + status] += 1
+
+    def _send_latency(self, response: _Response) -> None:
         first_audio = None
         if response.first_audio_at is not None and response.speech_end_at is not None:
             first_audio = round(response.first_audio_at - response.speech_end_at, 4)
@@ -476,9 +493,8 @@ class RealtimeConnection:
             speech_end_to_first_audio_s=first_audio,
             speech_end_to_decision_s=None if response.speech_end_at is None
             else round(response.created_at - response.speech_end_at, 4),
-            audio_seconds=round(response.audio_samples / OUTPUT_RATE, 4),
-            stages_s=e.data.get("timings", {}), compute_s=e.data.get("compute", {})))
-        self.stats["responses_" + status] += 1
+            **response.latency_pending))
+        response.latency_pending = None
 
     # ------------------------------------------------------------------ helpers
     def _resampler(self, client_rate: int) -> Optional[StreamingResampler]:
