@@ -5,6 +5,7 @@ loop; the page captures it with its AudioWorklet, streams it to the in-process s
 plays the answer through its playback worklet. The tiny model's state head is untrained, so
 the page asks for VAD turn detection (?turn_detection=server_vad). Skipped where chromium or
 Playwright is missing (tools/setup_env.sh installs chromium; pip install -e .[test] Playwright).
+A second test loops the question so that it starts again while the answer plays (barge-in).
 SERVE_DEMO_SCREENSHOT=<png> keeps the page's screenshot there.
 """
 from __future__ import annotations
@@ -56,19 +57,24 @@ def server(s2s):
     running.stop()
 
 
-def test_page_answers_a_spoken_question_and_plays_it(server, question_wav, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+def launch(p, microphone_wav):
+    """Headless chromium whose microphone plays `microphone_wav` in a loop."""
     binary = chromium_binary()
     if binary is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    return p.chromium.launch(executable_path=binary, headless=True, args=[
+        "--no-sandbox",
+        "--use-fake-ui-for-media-stream",  # grants the microphone without asking
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ])
+
+
+def test_page_answers_a_spoken_question_and_plays_it(server, question_wav, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=binary, headless=True, args=[
-            "--no-sandbox",
-            "--use-fake-ui-for-media-stream",  # grants the microphone without asking
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={question_wav}",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
+        browser = launch(p, question_wav)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             messages = []
@@ -93,3 +99,31 @@ def test_page_answers_a_spoken_question_and_plays_it(server, question_wav, tmp_p
                 shutil.copy(shot, os.environ["SERVE_DEMO_SCREENSHOT"])
         finally:
             browser.close()
+
+
+def test_page_barge_in_stops_playback_at_once(server, question_wav, tmp_path):
+    """The microphone's loop starts the question again while the answer is being played:
+    server VAD turns (interrupt_response on, the API's default) stop the answer as the user
+    starts speaking, and the page drops the audio still queued when the event comes."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    speech, rate = soundfile.read(question_wav, dtype="float32")
+    loud = np.flatnonzero(np.abs(speech) > 0.02)
+    # speech again 0.8 s after it ended: past the VAD's 0.5 s silence, inside the answer
+    looped = tmp_path / "again.wav"
+    soundfile.write(looped, speech[max(0, loud[0] - rate // 10):loud[-1] + int(0.8 * rate)],
+                    rate, subtype="PCM_16")
+    with playwright_api.sync_playwright() as p:
+        browser = launch(p, looped)
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/?turn_detection=server_vad&autostart=1")
+            page.wait_for_function("window.demo.stats.interrupted >= 1 && "
+                                   "window.demo.stats.cuts.length >= 1", timeout=90_000)
+            stats = page.evaluate("window.demo.stats")
+        finally:
+            browser.close()
+    assert not stats["errors"], stats["errors"]
+    cut = stats["cuts"][0]
+    assert cut["queued"] == 0  # nothing of the interrupted answer is left to play
+    assert cut["dropped"] > 0, stats  # it was cut while playing, not after it ended
+    assert cut["afterMs"] < 100  # at once: the clear follows the event

@@ -14,7 +14,8 @@ const demo = {
   response: null, // the answer being received
   stats: { audioDeltas: 0, audioSamples: 0, responsesDone: 0, responsesCancelled: 0,
            played: 0, states: 0, errors: [], transcripts: [], latencies: [],
-           serverLatencies: [], sessionUpdated: false },
+           serverLatencies: [], sessionUpdated: false, interrupted: 0,
+           cuts: [] }, // per playback clear: samples dropped, ms after the interruption event
 };
 window.demo = demo;
 
@@ -72,6 +73,10 @@ async function startAudio() {
   demo.playNode.connect(demo.playCtx.destination);
   demo.playNode.port.onmessage = (e) => {
     demo.stats.played = e.data.played;
+    if (e.data.dropped !== undefined) {
+      demo.stats.cuts.push({ dropped: e.data.dropped, queued: e.data.queued,
+                             afterMs: performance.now() - (demo.interruptedAt || 0) });
+    }
     $("played").textContent =
       `${demo.stats.responsesDone} / ${(e.data.played / OUTPUT_RATE).toFixed(1)} s`;
   };
@@ -159,6 +164,8 @@ function onEvent(event) {
       break;
     }
     case "freeze_omni.interrupted":
+      demo.stats.interrupted += 1;
+      demo.interruptedAt = performance.now();
       stopPlayback(); // barge-in: the answer stops now, whatever is still queued
       log(`barge-in: kept "${event.voiced_text}"`);
       break;

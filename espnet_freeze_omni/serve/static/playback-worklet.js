@@ -10,13 +10,19 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.sinceReport = 0;
     this.port.onmessage = (e) => {
       if (e.data.type === "push") this.queue.push(e.data.samples);
-      else if (e.data.type === "clear") { this.queue = []; this.offset = 0; this.report(); }
+      else if (e.data.type === "clear") {
+        const dropped = this.queued(); // what the barge-in kept from being played
+        this.queue = [];
+        this.offset = 0;
+        this.report(dropped);
+      }
     };
   }
 
-  report() {
-    const queued = this.queue.reduce((n, c) => n + c.length, 0) - this.offset;
-    this.port.postMessage({ played: this.played, queued });
+  queued() { return this.queue.reduce((n, c) => n + c.length, 0) - this.offset; }
+
+  report(dropped) {
+    this.port.postMessage({ played: this.played, queued: this.queued(), dropped });
     this.sinceReport = 0;
   }
 
