@@ -7,7 +7,8 @@ file the same way, and no caller decodes audio at a rate it did not ask for:
 
     load_audio(spec, rate, utt_id)   mono float32 at `rate` (downmixed, resampled)
     read_audio(spec, utt_id)         (mono float32, the file's own rate)
-    check_audio(spec, sample_rate)   what is wrong with a source, without decoding a file
+    check_audio(spec, sample_rate)   what is wrong with a source (header only, except for
+                                     floating-point files, checked for NaN/inf)
     check_sound_scp(scp, rate)       check_audio over every line of a wav.scp
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 from typing import TYPE_CHECKING, List, Optional, Tuple, Union
@@ -49,6 +51,8 @@ def _run_pipe(spec: str) -> bytes:
     if proc.returncode != 0:
         raise RuntimeError(f"command failed (exit {proc.returncode}): "
                            f"{proc.stderr.decode(errors='replace').strip()[-200:]}")
+    if not proc.stdout:
+        raise RuntimeError("command wrote nothing to stdout")
     return proc.stdout
 
 
@@ -59,6 +63,32 @@ def _who(utt_id: Optional[str]) -> str:
 # What can be wrong with a source, worded once for the reader and the checkers alike.
 MISSING = "does not exist"
 EMPTY = "is empty (0 samples)"
+EMPTY_FILE = "is an empty file (0 bytes)"
+# libsndfile's description of a WAV whose data chunk is longer than the file:
+# "data : 8000 (should be 3000)"
+_TRUNCATED_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# sizes a writer that could not seek back (a pipe) leaves in the header: length unknown
+_UNKNOWN_LENGTHS = {0, 0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF}
+
+
+def _truncated(info) -> Optional[str]:
+    """Why a file whose header promises more audio than it holds is refused, or None."""
+    match = _TRUNCATED_DATA.search(getattr(info, "extra_info", "") or "")
+    if match is None:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared in _UNKNOWN_LENGTHS or declared <= present:
+        return None
+    return (f"is truncated (its header promises {declared} bytes of audio, the file holds "
+            f"{present})")
+
+
+def _non_finite(wav: np.ndarray) -> Optional[str]:
+    bad = ~np.isfinite(wav)
+    if not bad.any():
+        return None
+    first = int(np.flatnonzero(bad.reshape(-1))[0]) // (wav.shape[1] if wav.ndim == 2 else 1)
+    return f"holds {int(bad.sum())} NaN/inf sample value(s) (the first at sample {first})"
 
 
 def _unreadable(error: Exception) -> str:
@@ -108,18 +138,39 @@ def _decode(spec: str) -> Tuple[np.ndarray, int]:
     return soundfile.read(spec, dtype="float32")
 
 
+def _file_problem(spec: str) -> Optional[str]:
+    """What a plain file's size and header already say is wrong (empty, truncated)."""
+    if is_pipe(spec) or len(spec.split()) != 1 or not os.path.isfile(spec):
+        return None
+    if os.path.getsize(spec) == 0:
+        return EMPTY_FILE
+    import soundfile
+
+    try:
+        info = soundfile.info(spec)
+    except Exception:  # unreadable: decoding says why
+        return None
+    return _truncated(info)
+
+
 def _read(spec: str, utt_id: Optional[str]) -> Tuple[np.ndarray, int, int]:
     """(mono float32, rate, channels) of a source; AudioError naming it otherwise."""
     spec = spec.strip()
     where = f"{_who(utt_id)}audio {describe(spec)}"
     if _is_missing(spec):
         raise AudioError(f"{where}: {MISSING}")
+    problem = _file_problem(spec)
+    if problem:
+        raise AudioError(f"{where}: {problem}")
     try:
         wav, rate = _decode(spec)
     except Exception as e:  # soundfile, subprocess and OS errors all mean "cannot read"
         raise AudioError(f"{where}: {_unreadable(e)}") from e
     if wav.size == 0:
         raise AudioError(f"{where}: {EMPTY}")
+    problem = _non_finite(wav)
+    if problem:
+        raise AudioError(f"{where}: {problem}")
     channels = wav.shape[1] if wav.ndim == 2 else 1
     return to_mono_float(wav), int(rate), channels
 
@@ -145,7 +196,8 @@ def check_audio(spec: str, sample_rate: Optional[int] = None, open_audio: bool =
     """What is wrong with a source, as (problem kind, message), or None.
 
     A plain path is always checked to exist; with `open_audio` its header is read (frames,
-    rate; the samples are not decoded), and with `run_pipe` a pipe is run and its output
+    rate, a data chunk longer than the file; the samples are decoded only for floating-point
+    files, which alone can hold NaN/inf), and with `run_pipe` a pipe is run and its output
     read. Kinds are those of kaldi_table.Problem: missing_audio, unreadable_audio,
     sample_rate.
     """
@@ -158,6 +210,9 @@ def check_audio(spec: str, sample_rate: Optional[int] = None, open_audio: bool =
         return "missing_audio", f"audio {what}: {MISSING}"
     if not (run_pipe if pipe else open_audio):
         return None
+    if not pipe and os.path.isfile(spec) and os.path.getsize(spec) == 0:
+        return "unreadable_audio", f"audio {what}: {EMPTY_FILE}"
+    wav = None
     try:
         if pipe:  # a stream has no header to ask: decode it
             wav, rate = _decode(spec)
@@ -165,10 +220,18 @@ def check_audio(spec: str, sample_rate: Optional[int] = None, open_audio: bool =
         else:
             info = soundfile.info(spec)
             rate, frames = info.samplerate, info.frames
+            truncated = _truncated(info)
+            if truncated:
+                return "unreadable_audio", f"audio {what}: {truncated}"
+            if frames and info.subtype in ("FLOAT", "DOUBLE"):
+                # only floating-point samples can be NaN/inf: decode those (bounded cost)
+                wav, _ = soundfile.read(spec, dtype="float32")
     except Exception as e:  # soundfile raises several types; all mean "unreadable"
         return "unreadable_audio", f"audio {what}: {_unreadable(e)}"
     if frames == 0:
         return "unreadable_audio", f"audio {what}: {EMPTY}"
+    if wav is not None and _non_finite(wav):
+        return "unreadable_audio", f"audio {what}: {_non_finite(wav)}"
     if sample_rate is not None and rate != sample_rate:
         return "sample_rate", f"audio {what}: sample rate {rate} Hz, expected {sample_rate} Hz"
     return None

@@ -9,6 +9,7 @@ from typing import Dict, Iterable, List, Sequence
 
 from espnet_freeze_omni.data.kaldi_table import (
     read_kaldi_map,
+    read_table,
     utt2spk_to_spk2utt,
     utterance_tables,
     write_kaldi_map,
@@ -101,6 +102,7 @@ def filter_by_length(src: str | os.PathLike, dst: str | os.PathLike, sample_rate
     the removed ones are listed with their duration in dst/filtered_out.txt."""
     src, dst = Path(src), Path(dst)
     num_samples = read_kaldi_map(src / "utt2num_samples")
+    line_of = {e.key: e.line for e in read_table(src / "utt2num_samples")[0]}
     utts = list(read_kaldi_map(src / "utt2spk"))
     short, long_, none, keep, lines = [], [], [], [], []
     for u in utts:
@@ -108,7 +110,11 @@ def filter_by_length(src: str | os.PathLike, dst: str | os.PathLike, sample_rate
             none.append(u)
             lines.append(f"{u}\tno length in utt2num_samples")
             continue
-        dur = int(num_samples[u]) / sample_rate
+        try:
+            dur = int(num_samples[u]) / sample_rate
+        except ValueError:
+            raise ValueError(f"{src / 'utt2num_samples'}:{line_of[u]}: [{u}] number of "
+                             f"samples is not an integer: {num_samples[u]!r}") from None
         if dur < min_seconds:
             short.append(u)
             lines.append(f"{u}\t{dur:.2f} s < min {min_seconds} s")

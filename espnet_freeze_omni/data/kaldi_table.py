@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -153,11 +154,18 @@ def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> Dict[str, str]:
 
 
 def read_turn_info(path: str | os.PathLike) -> Dict[str, Tuple[int, float]]:
-    """turn_info as {utt: (label, speech_end_seconds)}."""
+    """turn_info as {utt: (label, speech_end_seconds)}; a malformed line is an error naming
+    file, line and utterance."""
+    table = read_kaldi_map(path)
+    line_of = {e.key: e.line for e in read_table(path)[0]}
     out = {}
-    for key, value in read_kaldi_map(path).items():
-        label, end = value.split()
-        out[key] = (int(label), float(end))
+    for key, value in table.items():
+        try:
+            label, end = value.split()
+            out[key] = (int(label), float(end))
+        except ValueError:
+            raise ValueError(f"{path}:{line_of[key]}: [{shown_id(key)}] expected <label> "
+                             f"<speech-end-seconds>, got {value!r}") from None
     return out
 
 
@@ -187,3 +195,60 @@ def read_keys(key_file: str | os.PathLike, table: Mapping[str, str],
         if e.key not in table:
             raise KeyError(f"utterance {e.key} ({key_file}:{e.line}) is not in {table_path}")
     return [e.key for e in entries]
+
+
+# espnet's readers of these types (`read_2columns_text` and friends) open the file as UTF-8
+# and stop at the first bad line with a bare UnicodeDecodeError / "invalid literal for
+# int()" / unpacking error that names neither file nor line.
+LOADER_TABLE_TYPES = ("text", "text_int", "sound")
+_INTEGERS = re.compile(r"[+-]?\d+(?: [+-]?\d+)*")
+
+
+def check_loader_table(path: str | os.PathLike, type_: str) -> List[Problem]:
+    """What espnet's `type_` loader would fail on in a table, each named by file, line and
+    id: lines that are not UTF-8, empty lines and, for `text_int`, lines whose value is not
+    one space-separated integer after another (including a missing value)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        return [Problem("missing_file", path, f"no such file (a `{type_}` table)")]
+    entries, problems = read_table(path)
+    if type_ == "text_int":
+        for e in entries:
+            shown = shown_id(e.key)
+            if not e.value:
+                problems.append(Problem("format", path, "no integers after the id", e.line,
+                                        shown))
+                continue
+            if _INTEGERS.fullmatch(e.value):
+                continue  # the common case, at C speed (codec token files are large)
+            for k, field in enumerate(e.value.split(" "), 1):
+                try:
+                    int(field)  # what espnet's loader calls, e.g. "1_000" passes
+                except ValueError:
+                    problems.append(Problem(
+                        "format", path, f"field {k} is not an integer: {field!r} (text_int "
+                        "values are integers separated by single spaces)", e.line, shown))
+                    break
+    return problems
+
+
+def describe_problems(problems: List[Problem], limit: int = 50) -> str:
+    """Problems as indented lines, at most `limit` of them."""
+    listing = "\n".join(f"  {p}" for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return listing + more
+
+
+def check_data_tables(data_path_and_name_and_type, types=LOADER_TABLE_TYPES) -> None:
+    """Check every table a training job lists (`--*_data_path_and_name_and_type`) whose
+    type is in `types` before espnet reads it; ValueError listing every problem."""
+    problems: List[Problem] = []
+    listed = dict.fromkeys((path, type_) for path, _name, type_ in data_path_and_name_and_type
+                           or [])  # train and valid may name the same file
+    for path, type_ in listed:
+        if type_ in types:
+            problems += check_loader_table(path, type_)
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in the training data tables; fix them "
+                         "(python -m espnet_freeze_omni.bin.fix_data_dir for a data dir):\n"
+                         + describe_problems(problems))

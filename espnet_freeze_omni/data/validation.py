@@ -296,7 +296,8 @@ def _reason_kind(reason: str) -> str:
                          ("duplicate", "duplicate id"), ("missing from", "missing in a file"),
                          ("not in wav.scp", "missing recording"), ("Hz", "wrong sample rate"),
                          ("does not exist", "missing audio"), ("cannot be read", "unreadable audio"),
-                         ("(0 samples)", "unreadable audio")):
+                         ("(0 samples)", "unreadable audio"), ("(0 bytes)", "unreadable audio"),
+                         ("truncated", "unreadable audio"), ("NaN/inf", "unreadable audio")):
         if needle in reason:
             return kind
     return "malformed line"

@@ -263,6 +263,18 @@ class StreamingChunkEncoder(AbsEncoder):
             for long full-context utterances.
         subsampling_channels: channels of the two subsampling convolutions (default d, as
             the release); tiny CPU configs use 32.
+        position_mode: "relative" (default): the position term reads the clipped distance
+            i - j, so streaming equals offline. "release": the authors' released encoder
+            (imported checkpoints, espnet_freeze_omni/release): the term reads the key's
+            absolute index j, with no relative shift; streaming, the indices of a chunk's
+            keys start at max(0, p - (left_chunks + 1) * chunk_size) where p counts the
+            frames encoded before the chunk modulo chunk_size * (5000 // chunk_size) -
+            (left_chunks + 1) * chunk_size, as the release does. From the 18th chunk on
+            the cache is then numbered 4 frames lower than offline, so in this mode
+            streaming equals offline only for the first 17 chunks (2.72 s).
+        input_layer: "none" (default) or "linear": Linear(d, d) + LayerNorm + ReLU after
+            the subsampling and before the sqrt(d) scaling, as a release encoder whose
+            checkpoint has ``enc.1.embed.*`` (module ``input_layer``).
     """
 
     def __init__(
@@ -281,8 +293,15 @@ class StreamingChunkEncoder(AbsEncoder):
         full_context: bool = False,
         max_relative_position: int = 256,
         subsampling_channels: int | None = None,
+        position_mode: str = "relative",
+        input_layer: str = "none",
     ):
         super().__init__()
+        if position_mode not in ("relative", "release"):
+            raise ValueError(f"position_mode must be 'relative' or 'release', got {position_mode!r}")
+        if input_layer not in ("none", "linear"):
+            raise ValueError(f"input_layer must be 'none' or 'linear', got {input_layer!r}")
+        self.position_mode = position_mode
         self._output_size = output_size
         self.chunk_size = chunk_size
         self.left_chunks = left_chunks
@@ -293,6 +312,10 @@ class StreamingChunkEncoder(AbsEncoder):
         self.xscale = math.sqrt(output_size)
 
         self.embed = Conv2dSubsampling4(input_size, output_size, subsampling_channels)
+        if input_layer == "linear":  # the release's Transformer.embed (its dropout: index 2)
+            self.input_layer = nn.Sequential(
+                nn.Linear(output_size, output_size), nn.LayerNorm(output_size),
+                nn.Dropout(dropout_rate), nn.ReLU())
         self.pos_dropout = nn.Dropout(positional_dropout_rate)
         self.encoders = nn.ModuleList(
             EncoderLayer(
@@ -328,12 +351,30 @@ class StreamingChunkEncoder(AbsEncoder):
             return int(torch.randint(1, 26, ()).item()), left
         return self.chunk_size, left
 
+    def _embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """Subsampling (+ the optional input layer), scaled by sqrt(d)."""
+        xs = self.embed(feats)
+        if hasattr(self, "input_layer"):
+            xs = self.input_layer(xs)
+        return xs * self.xscale
+
+    def _release_key_start(self, frames_before: int, chunk_size: int, left_chunks: int) -> int:
+        """Index the release gives a streamed chunk's first key (see ``position_mode``)."""
+        full = (left_chunks + 1) * chunk_size
+        wrap = chunk_size * (5000 // chunk_size) - full
+        return max(0, frames_before % wrap - full)
+
     def _relative_positions(
-        self, num_queries: int, num_keys: int, like: torch.Tensor
+        self, num_queries: int, num_keys: int, like: torch.Tensor, key_start: int = 0
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        distances, index = relative_distances(
-            num_queries, num_keys, self.max_relative_position, like.device
-        )
+        if self.position_mode == "release":
+            # absolute key indices key_start.., the same for every query (no rel_shift)
+            distances = torch.arange(key_start, key_start + num_keys, device=like.device)
+            index = torch.arange(num_keys, device=like.device)[None].expand(num_queries, -1)
+        else:
+            distances, index = relative_distances(
+                num_queries, num_keys, self.max_relative_position, like.device
+            )
         pos_emb = sinusoidal_embedding(distances, self._output_size).to(like.dtype)
         return self.pos_dropout(pos_emb), index
 
@@ -359,7 +400,7 @@ class StreamingChunkEncoder(AbsEncoder):
             )
         chunk_size, left_chunks = self.attention_context(chunk_size, left_chunks)
 
-        xs = self.pos_dropout(self.embed(xs_pad) * self.xscale)
+        xs = self.pos_dropout(self._embed(xs_pad))
         olens = self.embed.output_lengths(ilens)
         frames = xs.size(1)
         valid = torch.arange(frames, device=xs.device)[None, :] < olens.to(xs.device)[:, None]
@@ -428,9 +469,14 @@ class StreamingChunkEncoder(AbsEncoder):
 
     def _encode_chunk(self, feats: torch.Tensor, state: StreamingState) -> torch.Tensor:
         """Encode one chunk (<= chunk_size output frames) against the cache; update the cache."""
-        xs = self.pos_dropout(self.embed(feats) * self.xscale)
+        xs = self.pos_dropout(self._embed(feats))
         frames = xs.size(1)
-        pos_emb, pos_index = self._relative_positions(frames, state.cache_frames() + frames, xs)
+        key_start = 0
+        if self.position_mode == "release":
+            key_start = self._release_key_start(
+                state.num_frames_out, state.chunk_size, state.left_chunks)
+        pos_emb, pos_index = self._relative_positions(
+            frames, state.cache_frames() + frames, xs, key_start)
         # The cache holds exactly the left context this chunk may see, so no mask is needed.
         max_cache = state.left_chunks * state.chunk_size
         new_cache: List[KVCache] = []

@@ -77,6 +77,18 @@ EVENT_TYPES = ("speech_started", "speech_stopped", "state", "turn_ended", "ignor
                "audio", "answer_done", "interrupted")
 TURN_DETECTION = ("state_head", "vad", "manual")
 CLOCKS = ("audio", "measured")
+STATE_RULES = ("argmax", "release")
+
+
+def decide_state(probs: torch.Tensor, rule: str = "argmax") -> int:
+    """The state a chunk's probabilities (listen, respond, ignore) say. "argmax": the
+    likeliest. "release": the authors' order: ignore if p(ignore) > 0.5, else respond if
+    p(respond) > 0.5, else listen."""
+    if rule == "release":
+        if float(probs[STATE_IGNORE]) > 0.5:
+            return STATE_IGNORE
+        return STATE_RESPOND if float(probs[STATE_RESPOND]) > 0.5 else STATE_LISTEN
+    return int(probs.argmax())
 
 
 @dataclasses.dataclass
@@ -136,8 +148,13 @@ class SessionOptions:
     max_context_tokens: Optional[int] = None  # default: the LLM's positions, at most 8192
     max_turn_seconds: float = 30.0
     max_new_tokens: Optional[int] = None  # default: the model's decode setting
+    # how a chunk's state probabilities decide (decide_state); None: the model's own
+    # `state_rule` (an imported release model says "release"), else "argmax"
+    state_rule: Optional[str] = None
 
     def check(self) -> "SessionOptions":
+        if self.state_rule is not None and self.state_rule not in STATE_RULES:
+            raise ValueError(f"state_rule must be one of {STATE_RULES}, got {self.state_rule!r}")
         if self.turn_detection not in TURN_DETECTION:
             raise ValueError(f"turn_detection must be one of {TURN_DETECTION}, "
                              f"got {self.turn_detection!r}")
@@ -178,7 +195,7 @@ class _ListenBranch:
 
     def __init__(self, session: "DuplexSession", cache, opened_at: float, replayed: int,
                  fork_voiced: Optional[int]):
-        from espnet_freeze_omni.inference.streaming_frontend import StreamingFrontend
+        from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
 
         model, llm = session.model, session.llm
         self.session = session
@@ -186,7 +203,7 @@ class _ListenBranch:
         self.base_length = llm.cache_length(cache)
         self.opened_at = opened_at
         self.fork_voiced = fork_voiced  # answer tokens kept in the base (barge-in branch)
-        self.frontend = StreamingFrontend(model.frontend)
+        self.frontend = streaming_frontend_for(model.frontend)
         self.encoder_state = model.encoder.init_streaming_state(1)
         self.adapter_cache = model.adapter.init_cache(1)
         prompt = model.before_audio(1, session.device).to(llm.dtype)
@@ -482,6 +499,7 @@ class DuplexSession:
         self.s2s = s2s
         self.options = options
         self.model = model
+        self.state_rule = options.state_rule or getattr(model, "state_rule", "argmax")
         self.llm = s2s.llm
         self.template = s2s.template
         self.device = s2s.listener.device
@@ -862,7 +880,7 @@ class DuplexSession:
         self.stats["ticks_heard"] += 1
         first = branch.chunks - len(probs)
         for i, p in enumerate(probs):
-            state = int(p.argmax())
+            state = decide_state(p, self.state_rule)
             self.event("state", state=STATE_NAMES[state], chunk=first + i,
                        probs=[round(float(x), 4) for x in p])
             if first + i < branch.min_chunks or state == STATE_LISTEN:

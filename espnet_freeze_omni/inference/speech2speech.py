@@ -153,10 +153,18 @@ def unpack_model(model_tag_or_zip: PathLike, cachedir: Optional[PathLike] = None
     if local.suffix == ".zip" or local.exists():
         if not local.is_file():
             raise FileNotFoundError(f"packed model not found: {local}")
+        zip_timestamp = _zip_meta_timestamp(local)  # also: a zip, with a meta.yaml
         cached_meta = downloader.cachedir / str_to_hash(local.absolute()) / "meta.yaml"
-        if cached_meta.is_file() and _meta_timestamp(cached_meta) != _zip_meta_timestamp(local):
+        if cached_meta.is_file() and _meta_timestamp(cached_meta) != zip_timestamp:
             cached_meta.unlink()
-    return downloader.download_and_unpack(name)
+    files = downloader.download_and_unpack(name)
+    absent = {k: v for k, v in files.items() if isinstance(v, str) and not Path(v).is_file()}
+    if absent:  # meta.yaml lists a member the zip does not hold
+        raise FileNotFoundError(
+            f"{name}: meta.yaml lists files the archive does not hold: "
+            + ", ".join(f"{k} ({Path(v).name})" for k, v in absent.items())
+            + "; pack it again with scripts/utils/pack_model.py (stage 17)")
+    return files
 
 
 def _meta_timestamp(meta_yaml: Path):
@@ -169,6 +177,9 @@ def _meta_timestamp(meta_yaml: Path):
 def _zip_meta_timestamp(zip_path: Path):
     import yaml
 
+    if not zipfile.is_zipfile(zip_path):
+        raise ValueError(f"{zip_path} is not a zip file (a packed model is the zip of "
+                         "scripts/utils/pack_model.py, stage 17)")
     with zipfile.ZipFile(zip_path) as archive:
         try:
             return (yaml.safe_load(archive.read("meta.yaml")) or {}).get("timestamp")
@@ -328,8 +339,14 @@ class Speech2Speech:
         if missing:
             raise ValueError(f"{model_tag_or_zip} lacks {missing}: pack it with "
                              "scripts/utils/pack_model.py (stage 17)")
+        input_conf = read_train_config(files["speech_input_config"])
+        stats = (input_conf.get("normalize_conf") or {}).get("stats_file")
+        if input_conf.get("normalize") == "global_mvn" and not (stats and Path(stats).is_file()):
+            raise FileNotFoundError(
+                f"{model_tag_or_zip} lacks feats_stats, the feature statistics its speech-input "
+                f"config normalizes with (normalize_conf.stats_file: {stats}): pack it with "
+                "--file feats_stats=<stats dir>/train/feats_stats.npz (stage 17)")
         if llm_path is None:
-            input_conf = read_train_config(files["speech_input_config"])
             recorded = (input_conf.get("llm_conf") or {}).get("path")
             if not recorded or not Path(recorded).is_dir():
                 raise FileNotFoundError(

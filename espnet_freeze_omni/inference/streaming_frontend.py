@@ -23,6 +23,8 @@ Example::
         feats = stream.push(piece)      # (1, n, n_mels), n may be 0
         ...
     feats = stream.flush()              # the utterance's last frames
+
+`streaming_frontend_for(frontend)` picks the streaming class for any model's frontend.
 """
 
 from typing import Optional, Union
@@ -280,3 +282,16 @@ def _check_streamable(frontend) -> None:
         raise ValueError(
             f"StreamingFrontend needs espnet's LogMel, not {type(logmel).__name__}"
         )
+
+
+def streaming_frontend_for(frontend):
+    """The streaming twin of a model's frontend: StreamingFrontend for espnet's
+    DefaultFrontend, KaldiStreamingFrontend for the release's Kaldi fbank (kaldi_fbank)."""
+    from espnet_freeze_omni.release.kaldi_fbank import (
+        KaldiFbankFrontend,
+        KaldiStreamingFrontend,
+    )
+
+    if isinstance(frontend, KaldiFbankFrontend):
+        return KaldiStreamingFrontend(frontend)
+    return StreamingFrontend(frontend)

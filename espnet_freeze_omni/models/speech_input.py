@@ -467,9 +467,13 @@ class SpokenDialogModel(LLMASRModel):
         turn_end_delay: float = 0.32,
         answer_at_random_turn_end: bool = False,
         frame_shift: float = 0.01,
+        state_rule: str = "argmax",
         **kwargs,  # LLMASRModel's and EncoderCTCModel's
     ):
         super().__init__(vocab_size, token_list, **kwargs)
+        # how a live session decides from the state probabilities (duplex_session.decide_state):
+        # "argmax", or "release" (imported release checkpoints: the authors' thresholds)
+        self.state_rule = state_rule
         hidden = self.llm.hidden_size
         self.prompt_embeddings = torch.nn.Embedding(prompt_num, hidden)
         self.predictor_head = torch.nn.Linear(hidden, NUM_STATE_LOGITS)

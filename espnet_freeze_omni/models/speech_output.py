@@ -22,6 +22,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_freeze_omni.llm.chat_template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
 from espnet_freeze_omni.llm.finer_tokens import FinerTokenSplitter
+from espnet_freeze_omni.release.text_norm import ReleaseTextNormalizer
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM, hold_frozen_llm
 from espnet_freeze_omni.speech_decoder.decoder import SpeechDecoder
 
@@ -40,6 +41,9 @@ class SpeechOutputModel(AbsESPnetModel):
             only the first N merges of the LLM's BPE (`FinerTokenSplitter`): shorter
             pieces of the same vocabulary, embedded by the same table. The prefix (the
             LLM's hidden states) stays one vector per LLM token. None = the LLM's tokens.
+        decoder_text_norm: "release": the speech decoder reads the answer as the authors'
+            release feeds it (decoded, cleaned up by release/text_norm.py, tokenized again;
+            imported checkpoints). None = the ids themselves (or decoder_bpe_merges).
     """
 
     def __init__(
@@ -50,8 +54,15 @@ class SpeechOutputModel(AbsESPnetModel):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         guided_attention_weight: float = 0.0,
         decoder_bpe_merges: Optional[int] = None,
+        decoder_text_norm: Optional[str] = None,
     ):
         super().__init__()
+        if decoder_text_norm not in (None, "release"):
+            raise ValueError(f"decoder_text_norm must be null or 'release', got "
+                             f"{decoder_text_norm!r}")
+        if decoder_text_norm is not None and decoder_bpe_merges is not None:
+            raise ValueError("decoder_text_norm and decoder_bpe_merges both rewrite what the "
+                             "speech decoder reads: set one of them")
         if guided_attention_weight > 0 and not speech_decoder.guided_attention_layers:
             raise ValueError(
                 "guided_attention_weight > 0 needs speech_decoder_conf guided_attention_layers"
@@ -64,8 +75,11 @@ class SpeechOutputModel(AbsESPnetModel):
             )
         self.speech_decoder = speech_decoder
         hold_frozen_llm(self, llm)
-        self.token_splitter = (FinerTokenSplitter(llm.tokenizer, decoder_bpe_merges)
-                               if decoder_bpe_merges is not None else None)
+        self.token_splitter = None
+        if decoder_bpe_merges is not None:
+            self.token_splitter = FinerTokenSplitter(llm.tokenizer, decoder_bpe_merges)
+        elif decoder_text_norm == "release":
+            self.token_splitter = ReleaseTextNormalizer(llm.tokenizer)
         self.template = ChatTemplate(llm.tokenizer, system_prompt=system_prompt)
 
     # ------------------------------------------------------------------ frozen LLM inputs

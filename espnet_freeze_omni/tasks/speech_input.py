@@ -21,26 +21,31 @@ from typeguard import typechecked
 from espnet2.asr.ctc import CTC
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.tasks.abs_task import AbsTask
-from espnet2.tasks.asr import frontend_choices, normalize_choices, specaug_choices
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.tasks.asr import frontend_choices as asr_frontend_choices
+from espnet2.tasks.asr import normalize_choices, specaug_choices
 from espnet2.text.phoneme_tokenizer import g2p_choices
 from espnet2.torch_utils.initialize import initialize
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
 
 from espnet_freeze_omni.adapter import AbsAdapter, ConvAdapter
 from espnet_freeze_omni.data.audio import check_sound_scp, parse_sample_rate
+from espnet_freeze_omni.data.kaldi_table import check_data_tables
 from espnet_freeze_omni.data.speech_input_preprocessor import SpeechInputPreprocessor
 from espnet_freeze_omni.encoder import StreamingChunkEncoder
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM
+from espnet_freeze_omni.release.kaldi_fbank import KaldiFbankFrontend
 from espnet_freeze_omni.models.speech_input import (
     EncoderCTCModel,
     LLMASRModel,
     SpokenDialogModel,
 )
+from espnet_freeze_omni.tasks.init_param_check import check_init_param
+from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 
 encoder_choices = ClassChoices(
     "encoder",
@@ -59,6 +64,13 @@ model_choices = ClassChoices(
     classes=dict(ctc=EncoderCTCModel, llm_asr=LLMASRModel, spoken_dialog=SpokenDialogModel),
     type_check=EncoderCTCModel,
     default="ctc",
+)
+# espnet's ASR frontends, plus the authors' release's Kaldi fbank (imported checkpoints)
+frontend_choices = ClassChoices(
+    "frontend",
+    classes=dict(asr_frontend_choices.classes, kaldi_fbank=KaldiFbankFrontend),
+    type_check=AbsFrontend,
+    default="default",
 )
 preprocessor_choices = ClassChoices(
     "preprocessor",
@@ -157,9 +169,17 @@ class SpeechInputTask(AbsTask):
 
     @classmethod
     def main_worker(cls, args: argparse.Namespace):
+        check_data_tables(list(args.train_data_path_and_name_and_type or [])
+                          + list(args.valid_data_path_and_name_and_type or []))
         if getattr(args, "check_audio", False):
             cls.check_audio(args)
         super().main_worker(args)
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module):
+        # espnet calls this between building the model and applying --init_param
+        check_init_param(model, args)
+        return super().build_optimizers(args, model)
 
     @classmethod
     def check_audio(cls, args: argparse.Namespace) -> None:
@@ -169,9 +189,9 @@ class SpeechInputTask(AbsTask):
         entries = list(args.train_data_path_and_name_and_type or [])
         entries += list(args.valid_data_path_and_name_and_type or [])
         problems = []
-        for path, name, type_ in entries:
-            if type_ == "sound" and name == "speech":
-                problems += check_sound_scp(path, fs)
+        for path in dict.fromkeys(p for p, name, type_ in entries  # a file listed twice: once
+                                  if type_ == "sound" and name == "speech"):
+            problems += check_sound_scp(path, fs)
         if problems:
             listing = "\n".join(f"  {p}" for p in problems[:50])
             more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""

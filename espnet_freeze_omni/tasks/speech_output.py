@@ -29,14 +29,16 @@ from espnet2.torch_utils.initialize import initialize
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str_or_none
 
+from espnet_freeze_omni.data.kaldi_table import check_data_tables
 from espnet_freeze_omni.llm.frozen_llm import FrozenLLM
 from espnet_freeze_omni.models.speech_output import SpeechOutputModel
 from espnet_freeze_omni.speech_decoder.decoder import SpeechDecoder
 from espnet_freeze_omni.speech_decoder.preprocessor import SpeechOutputPreprocessor
+from espnet_freeze_omni.tasks.init_param_check import check_init_param
+from espnet_freeze_omni.tasks.resumable_trainer import ResumableTrainer
 
 speech_decoder_choices = ClassChoices(
     "speech_decoder",
@@ -63,6 +65,8 @@ class SpeechOutputTask(AbsTask):
     ]
 
     trainer = ResumableTrainer  # kill-safe checkpoints (tasks/resumable_trainer.py)
+    # what stage 3 adds inside the stage-2 speech decoder (--init_param from stage 2)
+    init_param_new_modules = ("speech_decoder.layers_prefix",)
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
@@ -131,6 +135,19 @@ class SpeechOutputTask(AbsTask):
         cls, train: bool = True, inference: bool = False
     ) -> Tuple[str, ...]:
         return ("question",)
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace):
+        # espnet's text / text_int readers stop at a bad line without naming it
+        check_data_tables(list(args.train_data_path_and_name_and_type or [])
+                          + list(args.valid_data_path_and_name_and_type or []))
+        super().main_worker(args)
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module):
+        # espnet calls this between building the model and applying --init_param
+        check_init_param(model, args, new_modules=cls.init_param_new_modules)
+        return super().build_optimizers(args, model)
 
     @classmethod
     def check_task_requirements(

@@ -1,0 +1,526 @@
+"""Importing the authors' released checkpoints (espnet_freeze_omni/release, issue 30).
+
+A release-format directory is built here with random weights, the release's key names and
+tensor shapes at tiny sizes (encoder d=64, 2 layers; the tiny Qwen2 LLM, hidden 128;
+decoder 32 wide), converted to a packed model, loaded with Speech2Speech.from_pretrained
+and run through a streaming session. Malformed release dirs must fail naming the file and
+the key. The module options that make a converted model behave like the release
+(position mode, input layer, Kaldi fbank, the state rule) are checked against
+straightforward re-derivations of the release's formulas.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+D, HEADS, UNITS, BLOCKS, KERNEL = 64, 4, 128, 2, 5
+LLM_HIDDEN = 128
+DEC_HIDDEN, DEC_HEADS, DEC_UNITS, DEC_BLOCKS, CODES = 32, 2, 64, 2, 16
+PROMPTS, TASKS = 5, 7
+TEXTS = ["what color is the sky", "the sky is blue.", "how old is tom", "tom is ten."]
+
+
+# ---------------------------------------------------------------------------- a fake release
+def release_audio_llm_state(gen: torch.Generator, llm_hidden=LLM_HIDDEN, input_layer=True):
+    def r(*shape):
+        return torch.randn(*shape, generator=gen) * 0.1
+
+    freq = ((80 - 1) // 2 - 1) // 2
+    s = {"encoder.global_cmvn.mean": r(80) * 10 + 5,
+         "encoder.global_cmvn.istd": torch.rand(80, generator=gen) * 0.5 + 0.2,
+         "encoder.enc.0.core.conv.0.weight": r(D, 1, 3, 3), "encoder.enc.0.core.conv.0.bias": r(D),
+         "encoder.enc.0.core.conv.2.weight": r(D, D, 3, 3) * 0.3,
+         "encoder.enc.0.core.conv.2.bias": r(D),
+         "encoder.enc.0.core.out.0.weight": r(D, D * freq) * 0.2,
+         "encoder.enc.0.core.out.0.bias": r(D)}
+    if input_layer:
+        s.update({"encoder.enc.1.embed.0.weight": r(D, D), "encoder.enc.1.embed.0.bias": r(D),
+                  "encoder.enc.1.embed.1.weight": 1 + r(D), "encoder.enc.1.embed.1.bias": r(D)})
+    for n in range(BLOCKS):
+        p = f"encoder.enc.1.encoders.{n}."
+        for lin in ("q", "k", "v", "out"):
+            s[p + f"self_attn.linear_{lin}.weight"] = r(D, D)
+            s[p + f"self_attn.linear_{lin}.bias"] = r(D)
+        s[p + "self_attn.linear_pos.weight"] = r(D, D)
+        s[p + "self_attn.pos_bias_u"] = r(HEADS, D // HEADS)
+        s[p + "self_attn.pos_bias_v"] = r(HEADS, D // HEADS)
+        s[p + "feed_forward.w_1.weight"] = r(UNITS, D)
+        s[p + "feed_forward.w_1.bias"] = r(UNITS)
+        s[p + "feed_forward.w_2.weight"] = r(D, UNITS)
+        s[p + "feed_forward.w_2.bias"] = r(D)
+        for norm in ("norm1", "norm2"):
+            s[p + f"{norm}.weight"] = 1 + r(D)
+            s[p + f"{norm}.bias"] = r(D)
+    s.update({"encoder.enc.1.after_norm.weight": 1 + r(D), "encoder.enc.1.after_norm.bias": r(D),
+              "adpter.conv1d2.weight": r(2 * D, D, KERNEL), "adpter.conv1d2.bias": r(2 * D),
+              "adpter.bn2.weight": 1 + r(2 * D), "adpter.bn2.bias": r(2 * D),
+              "adpter.project.weight": r(llm_hidden, 2 * D), "adpter.project.bias": r(llm_hidden),
+              "task_embeddings.weight": r(TASKS, llm_hidden),
+              "prompt_embeddings.weight": r(PROMPTS, llm_hidden),
+              "predictor_head.weight": r(4, llm_hidden), "predictor_head.bias": r(4),
+              "llm_decoder.model.embed_tokens.weight": r(10, llm_hidden)})
+    return s
+
+
+def release_decoder_state(gen: torch.Generator):
+    def r(*shape):
+        return torch.randn(*shape, generator=gen) * 0.1
+
+    s = {"embedding.weight": r(CODES + 4, DEC_HIDDEN), "norm.weight": 1 + r(DEC_HIDDEN),
+         "out_fnn.weight": r(CODES + 4, DEC_HIDDEN), "out_fnn.bias": r(CODES + 4)}
+    for group, n in (("layers_pre_nn", DEC_BLOCKS // 2), ("layers", DEC_BLOCKS),
+                     ("layers_prefix", DEC_BLOCKS)):
+        for i in range(n):
+            p = f"{group}.{i}."
+            for proj in "qkvo":
+                s[p + f"self_attn.{proj}_proj.weight"] = r(DEC_HIDDEN, DEC_HIDDEN)
+            s[p + "mlp.gate_proj.weight"] = r(DEC_UNITS, DEC_HIDDEN)
+            s[p + "mlp.up_proj.weight"] = r(DEC_UNITS, DEC_HIDDEN)
+            s[p + "mlp.down_proj.weight"] = r(DEC_HIDDEN, DEC_UNITS)
+            s[p + "input_layernorm.weight"] = 1 + r(DEC_HIDDEN)
+            s[p + "post_attention_layernorm.weight"] = 1 + r(DEC_HIDDEN)
+    return s
+
+
+def train_yaml(llm_hidden=LLM_HIDDEN, **model_conf):
+    tr = {"transformer-input-dim": D, "transformer-output-dim": D,
+          "transformer-attention-dim": D, "transformer-attention-heads": HEADS,
+          "transformer-linear-units": UNITS, "transformer-num-blocks": BLOCKS,
+          "transformer-dropout-rate": 0.1, "transformer-attention-dropout-rate": 0.0,
+          "transformer-positional-dropout-rate": 0.1, "transformer-input-layer": "linear",
+          "transformer-pos-enc-class": "rel-enc", "transformer-normalize-before": True,
+          "transformer-chunk_size": 4, "transformer-left_chunks": 16,
+          "transformer-dynamic-chunks": False}
+    conf = {"llm_path": "/release/Qwen2-7B-Instruct", "enc_out_dim": D,
+            "llm_embed_dim": llm_hidden, "kernel_size": KERNEL, "adpter_type": "subsampling",
+            "activation_func": "gelu", "norm": "layer", "prompt_finetune": True,
+            "add_prompt_before": True, "prompt_num": PROMPTS, "predict_usr_state": 4,
+            "chunk_size": 4, "task_type": "prompt"}
+    conf.update(model_conf)
+    return {"input_dim": 80, "output_dim": 100, "cmvn_file": "/release/global_cmvn",
+            "is_json_cmvn": True,
+            "encoder_conf": {"overview_conf": {"encoder-input-dim": 80, "encoder-output-dim": D,
+                                               "encoder-layer-config": "subsampling-transformer"},
+                             "para_conf": {"subsampling": {"subsampling-rate": 4,
+                                                           "subsampling-input-dim": 80,
+                                                           "subsampling-output-dim": D},
+                                           "transformer": tr}},
+            "model_conf": conf}
+
+
+def write_release(root: Path, seed=0, audio_state=None, yaml_conf=None, decoder_state=None):
+    gen = torch.Generator().manual_seed(seed)
+    audio_state = release_audio_llm_state(gen) if audio_state is None else audio_state
+    decoder_state = release_decoder_state(gen) if decoder_state is None else decoder_state
+    (root / "audiollm").mkdir(parents=True, exist_ok=True)
+    (root / "decoder").mkdir(exist_ok=True)
+    (root / "codec").mkdir(exist_ok=True)
+    (root / "audiollm" / "train.yaml").write_text(yaml.safe_dump(yaml_conf or train_yaml()))
+    torch.save(audio_state, root / "audiollm" / "final.pt")
+    mean = audio_state.get("encoder.global_cmvn.mean", torch.zeros(80)).double()
+    istd = audio_state.get("encoder.global_cmvn.istd", torch.ones(80)).double()
+    count = 1000.0
+    (root / "audiollm" / "global_cmvn").write_text(json.dumps({
+        "mean_stat": (mean * count).tolist(),
+        "var_stat": ((mean ** 2 + istd ** -2) * count).tolist(), "frame_num": count}))
+    (root / "decoder" / "model.json").write_text(json.dumps([DEC_HIDDEN, CODES, {
+        "idim": DEC_HIDDEN, "odim": CODES, "encoder_output_dim": DEC_HIDDEN,
+        "transformer_attention_dim": DEC_HIDDEN, "transformer_attention_heads": DEC_HEADS,
+        "transformer_linear_units": DEC_UNITS, "transformer_num_blocks": DEC_BLOCKS,
+        "transformer_dropout_rate": 0.1, "kv_cache_prefix_finetune": 1}]))
+    torch.save({"model": decoder_state}, root / "decoder" / "final.pt")
+    (root / "codec" / "model.json").write_text(json.dumps({"n_codes": CODES}))
+    (root / "server.json").write_text(json.dumps({"decoder_top_k": 2}))
+    return audio_state, decoder_state
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from espnet_freeze_omni.codec.embedded import EmbeddedCodec, EmbeddedCodecConfig
+    from espnet_freeze_omni.llm.tiny import build_tiny_llm
+
+    root = tmp_path_factory.mktemp("release_import")
+    llm = build_tiny_llm(root / "llm", TEXTS, family="qwen2", hidden_size=LLM_HIDDEN)
+    other_llm = build_tiny_llm(root / "llm96", TEXTS, family="qwen2", hidden_size=96)
+    rng = np.random.RandomState(0)
+    cfg = EmbeddedCodecConfig(gl_iters=2, vocab_size=CODES)
+    EmbeddedCodec(
+        cfg, rng.randn(CODES, cfg.frames_per_token * cfg.n_mels).astype(np.float32),
+        np.abs(rng.randn(CODES, cfg.frames_per_token, cfg.n_freq)).astype(np.float32) * 0.01,
+    ).save(root / "codec")
+    release = root / "release"
+    audio_state, decoder_state = write_release(release)
+    out = root / "exp" / "release" / "freeze_omni_model.zip"
+    from espnet_freeze_omni.bin.import_release import main
+
+    main(["--release_dir", str(release), "--llm_path", str(llm), "--out", str(out),
+          "--codec_dir", str(root / "codec"), "--llm_dtype", "float32"])
+    return dict(root=root, llm=llm, other_llm=other_llm, release=release, zip=out,
+                codec=root / "codec", audio_state=audio_state, decoder_state=decoder_state)
+
+
+@pytest.fixture(scope="module")
+def s2s(work):
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    return Speech2Speech.from_pretrained(work["zip"], llm_path=work["llm"],
+                                         cachedir=work["root"] / "cache", max_new_tokens=6,
+                                         max_codec_tokens=30, seed=1)
+
+
+# ---------------------------------------------------------------------------- conversion
+def test_converted_tensors_equal_the_release_tensors(s2s, work):
+    src = work["audio_state"]
+    model = s2s.listener.model
+    ours = model.state_dict()
+    pairs = {
+        "encoder.enc.1.encoders.1.self_attn.linear_q.weight": "encoder.encoders.1.self_attn.linear_q.weight",
+        "encoder.enc.1.encoders.0.self_attn.pos_bias_u": "encoder.encoders.0.self_attn.pos_bias_u",
+        "encoder.enc.1.encoders.0.self_attn.linear_pos.weight": "encoder.encoders.0.self_attn.linear_pos.weight",
+        "encoder.enc.0.core.out.0.weight": "encoder.embed.out.0.weight",
+        "encoder.enc.1.embed.0.weight": "encoder.input_layer.0.weight",
+        "adpter.conv1d2.weight": "adapter.conv1d2.weight",
+        "adpter.bn2.bias": "adapter.bn2.bias",
+        "predictor_head.weight": "predictor_head.weight",
+        "predictor_head.bias": "predictor_head.bias",
+        "prompt_embeddings.weight": "prompt_embeddings.weight",
+        "task_embeddings.weight": "task_embeddings.weight",
+    }
+    for theirs, mine in pairs.items():
+        torch.testing.assert_close(ours[mine], src[theirs], atol=0, rtol=0, msg=mine)
+    torch.testing.assert_close(model.normalize.mean.double(),
+                               src["encoder.global_cmvn.mean"].double(), atol=0, rtol=0)
+    torch.testing.assert_close(model.normalize.std.double(),
+                               1 / src["encoder.global_cmvn.istd"].double())
+    assert model.task_embeddings.num_embeddings == TASKS  # from the tensor, not the yaml
+    assert model.state_rule == "release"
+    assert model.encoder.position_mode == "release"
+    assert not model.ctc.ctc_lo.weight.any()  # synthesized: zeros
+    dec = s2s.synthesizer.decoder.state_dict()
+    for key in ("layers.1.mlp.down_proj.weight", "layers_prefix.0.self_attn.k_proj.weight",
+                "layers_pre_nn.0.input_layernorm.weight", "embedding.weight", "out_fnn.bias"):
+        torch.testing.assert_close(dec[key], work["decoder_state"][key], atol=0, rtol=0)
+
+
+def test_imported_model_runs_a_streaming_dialogue(s2s, monkeypatch):
+    from espnet_freeze_omni.inference import duplex_session
+    from espnet_freeze_omni.release.kaldi_fbank import KaldiStreamingFrontend
+
+    # random weights: make the release rule answer at the first chunk it may
+    decided = []
+
+    def respond(probs, rule="argmax"):
+        decided.append(rule)
+        return duplex_session.STATE_RESPOND
+    monkeypatch.setattr(duplex_session, "decide_state", respond)
+    session = s2s.session(vad=False)
+    assert isinstance(session.state_rule, str) and session.state_rule == "release"
+    before = session.history_length
+    rng = np.random.RandomState(1)
+    events = []
+    for _ in range(8):
+        events += session.feed((rng.randn(1600) * 0.1).astype(np.float32))
+    events += session.flush()
+    types = [e.type for e in events]
+    assert "state" in types and "turn_ended" in types, types
+    assert set(decided) == {"release"}
+    assert session.history_length > before  # the LLM K/V grew
+    assert any(t in types for t in ("text", "answer_done"))
+    from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
+    assert isinstance(streaming_frontend_for(s2s.listener.model.frontend),
+                      KaldiStreamingFrontend)
+
+
+def test_cli_and_packed_files(work):
+    import zipfile
+
+    with zipfile.ZipFile(work["zip"]) as z:
+        names = z.namelist()
+        meta = yaml.safe_load(z.read("meta.yaml"))
+    for key in ("speech_input_config", "speech_output_config", "codec_config"):
+        assert key in meta["yaml_files"]
+    assert "release_import.json" in names
+
+
+# ---------------------------------------------------------------------------- release behaviour
+def test_release_position_mode_and_input_layer_follow_the_release_formulas():
+    """Offline, the position term reads absolute key indices (no relative shift); streamed,
+    the first 17 chunks equal offline, the 18th numbers its keys 4 frames lower."""
+    from espnet_freeze_omni.encoder import StreamingChunkEncoder
+
+    torch.manual_seed(0)
+    enc = StreamingChunkEncoder(80, output_size=32, attention_heads=2, linear_units=64,
+                                num_blocks=1, chunk_size=4, left_chunks=16,
+                                position_mode="release", input_layer="linear").eval()
+    x = torch.randn(1, 16 * 19 + 3, 80)
+    with torch.no_grad():
+        offline, _, _ = enc(x, torch.tensor([x.size(1)]))
+        state = enc.init_streaming_state()
+        streamed, _ = enc.forward_chunk(x, state, is_final=True)
+
+        # the release's score, written out: (q+u).k + (q+v).W_pos PE(j)
+        layer = enc.encoders[0]
+        att = layer.self_attn
+        h = enc.input_layer(enc.embed(x)) * math.sqrt(32)
+        T = h.size(1)
+        pe = torch.zeros(T, 32)
+        pos = torch.arange(T, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, 32, 2, dtype=torch.float32) * -(math.log(10000.0) / 32))
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+        n = layer.norm1(h)
+        q = att.linear_q(n).view(1, T, 2, 16)
+        k = att.linear_k(n).view(1, T, 2, 16).transpose(1, 2)
+        v = att.linear_v(n).view(1, T, 2, 16).transpose(1, 2)
+        p = att.linear_pos(pe).view(1, T, 2, 16).transpose(1, 2)
+        ac = ((q + att.pos_bias_u).transpose(1, 2)) @ k.transpose(-2, -1)
+        bd = ((q + att.pos_bias_v).transpose(1, 2)) @ p.transpose(-2, -1)
+        chunk = torch.arange(T) // 4
+        mask = (chunk[None] <= chunk[:, None]) & (chunk[None] >= chunk[:, None] - 16)
+        scores = ((ac + bd) / 4).masked_fill(~mask, -1e30)
+        o = (scores.softmax(-1) @ v).transpose(1, 2).reshape(1, T, 32)
+        y = h + att.linear_out(o)
+        y = y + layer.feed_forward(layer.norm2(y))
+        expected = enc.after_norm(y)
+    torch.testing.assert_close(offline, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(streamed[:, :68], offline[:, :68], atol=1e-4, rtol=1e-4)
+    assert (streamed[:, 68:72] - offline[:, 68:72]).abs().max() > 1e-4
+
+
+def test_recipe_encoder_has_no_input_layer_and_relative_positions():
+    from espnet_freeze_omni.encoder import StreamingChunkEncoder
+
+    enc = StreamingChunkEncoder(80, output_size=32, attention_heads=2, linear_units=64,
+                                num_blocks=1)
+    assert enc.position_mode == "relative" and not hasattr(enc, "input_layer")
+    assert not any(k.startswith("input_layer") for k in enc.state_dict())
+
+
+def test_kaldi_fbank_frontend_is_torchaudio_kaldi_fbank_and_streams_exactly():
+    import torchaudio.compliance.kaldi as kaldi
+
+    from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
+    from espnet_freeze_omni.release.kaldi_fbank import KaldiFbankFrontend
+
+    wav = torch.from_numpy(np.random.RandomState(0).randn(7000).astype(np.float32) * 0.1)
+    front = KaldiFbankFrontend()
+    feats, lens = front(wav[None], torch.tensor([7000]))
+    ref = kaldi.fbank(wav[None] * 32768, dither=0, frame_length=25, frame_shift=10,
+                      num_mel_bins=80)
+    torch.testing.assert_close(feats[0], ref, atol=0, rtol=0)
+    assert int(lens[0]) == ref.size(0) == 1 + (7000 - 400) // 160
+    stream = streaming_frontend_for(front)
+    pieces = [stream.push(wav[i:i + 613].numpy()) for i in range(0, 7000, 613)]
+    pieces.append(stream.flush())
+    torch.testing.assert_close(torch.cat(pieces, dim=1)[0], ref, atol=1e-4, rtol=1e-5)
+
+
+def test_release_state_rule_checks_ignore_first_then_respond():
+    from espnet_freeze_omni.inference.duplex_session import decide_state
+    from espnet_freeze_omni.models.speech_input import (
+        STATE_IGNORE, STATE_LISTEN, STATE_RESPOND)
+
+    p = torch.tensor([0.45, 0.05, 0.5])  # argmax: ignore; release: neither > 0.5
+    assert decide_state(p) == STATE_IGNORE
+    assert decide_state(p, "release") == STATE_LISTEN
+    assert decide_state(torch.tensor([0.1, 0.3, 0.6]), "release") == STATE_IGNORE
+    assert decide_state(torch.tensor([0.1, 0.6, 0.3]), "release") == STATE_RESPOND
+
+
+# ---------------------------------------------------------------------------- malformed dirs
+def convert(work, release: Path, llm=None, tmp=None):
+    from espnet_freeze_omni.release.convert import import_release
+
+    return import_release(release, llm or work["llm"], (tmp or release) / "out.zip",
+                          codec_dir=work["codec"], llm_dtype="float32")
+
+
+def variant(work, tmp_path, audio_edit=None, yaml_edit=None, decoder_edit=None):
+    gen = torch.Generator().manual_seed(0)
+    audio = release_audio_llm_state(gen)
+    decoder = release_decoder_state(gen)
+    conf = train_yaml()
+    if audio_edit:
+        audio_edit(audio)
+    if yaml_edit:
+        yaml_edit(conf)
+    if decoder_edit:
+        decoder_edit(decoder)
+    release = tmp_path / "release"
+    write_release(release, audio_state=audio, yaml_conf=conf, decoder_state=decoder)
+    return release
+
+
+def test_missing_file_is_named(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    release = tmp_path / "release"
+    shutil.copytree(work["release"], release)
+    (release / "decoder" / "final.pt").unlink()
+    with pytest.raises(ReleaseImportError, match=r"decoder/final\.pt: file not found"):
+        convert(work, release)
+
+
+def test_wrong_shape_names_file_tensor_and_both_shapes(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    def edit(s):
+        s["encoder.enc.1.encoders.1.feed_forward.w_1.weight"] = torch.zeros(UNITS + 1, D)
+    release = variant(work, tmp_path, audio_edit=edit)
+    with pytest.raises(ReleaseImportError) as e:
+        convert(work, release)
+    msg = str(e.value)
+    assert "audiollm/final.pt" in msg and "encoder.enc.1.encoders.1.feed_forward.w_1.weight" in msg
+    assert f"({UNITS + 1}, {D})" in msg and f"({UNITS}, {D})" in msg
+
+
+def test_decoder_wrong_shape_and_missing_key_are_named(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    def edit(s):
+        del s["layers_prefix.1.mlp.up_proj.weight"]
+    release = variant(work, tmp_path, decoder_edit=edit)
+    with pytest.raises(ReleaseImportError, match=r"decoder/final\.pt: missing key\(s\) "
+                                                 r"layers_prefix\.1\.mlp\.up_proj\.weight"):
+        convert(work, release)
+
+
+def test_another_llm_hidden_size_is_refused(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    with pytest.raises(ReleaseImportError, match=r"train\.yaml: model_conf\.llm_embed_dim = 128 "
+                                                 r"but the LLM .* hidden size 96"):
+        convert(work, work["release"], llm=work["other_llm"], tmp=tmp_path)
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda c: c["model_conf"].update(adpter_type="cnn"), r"adpter_type = 'cnn'"),
+    (lambda c: c["encoder_conf"]["para_conf"]["transformer"].update(
+        {"transformer-pos-enc-class": "abs-enc"}), r"transformer-pos-enc-class = 'abs-enc'"),
+    (lambda c: c["model_conf"].update(enc_out_dim=D, llm_embed_dim=LLM_HIDDEN * 4),
+     r"two-conv adapter|llm_embed_dim"),
+    (lambda c: c["model_conf"].update(task_type="prefix"), r"task_type = 'prefix'"),
+])
+def test_unsupported_variants_are_refused(work, tmp_path, edit, pattern):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    release = variant(work, tmp_path, yaml_edit=edit)
+    with pytest.raises(ReleaseImportError, match=r"train\.yaml: .*" + pattern):
+        convert(work, release)
+
+
+def test_batchnorm_adapter_is_refused_naming_the_key(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    def edit(s):
+        s["adpter.bn2.running_mean"] = torch.zeros(2 * D)
+    release = variant(work, tmp_path, audio_edit=edit)
+    with pytest.raises(ReleaseImportError, match=r"adpter\.bn2\.running_mean present"):
+        convert(work, release)
+
+
+def test_unused_key_is_an_error(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError
+
+    def edit(s):
+        s["encoder.enc.1.encoders.0.self_attn.extra_gate"] = torch.zeros(3)
+    release = variant(work, tmp_path, audio_edit=edit)
+    with pytest.raises(ReleaseImportError, match=r"audiollm/final\.pt: unused key.*extra_gate"):
+        convert(work, release)
+
+
+def test_release_codec_needs_one_of_ours(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError, import_release
+
+    with pytest.raises(ReleaseImportError, match=r"codec: the release's TiCodec is not "
+                                                 r"implemented"):
+        import_release(work["release"], work["llm"], tmp_path / "x.zip")
+
+
+def test_cmvn_files_json_and_kaldi_text(tmp_path):
+    from espnet_freeze_omni.release.convert import read_cmvn_file, write_stats
+
+    mean, var, count = np.linspace(-3, 5, 80), np.linspace(0.5, 4, 80), 250.0
+    (tmp_path / "j").write_text(json.dumps({"mean_stat": list(mean * count),
+                                            "var_stat": list((var + mean ** 2) * count),
+                                            "frame_num": count}))
+    sums = " ".join(f"{v:.10f}" for v in mean * count)
+    squares = " ".join(f"{v:.10f}" for v in (var + mean ** 2) * count)
+    (tmp_path / "k").write_text(f" [\n  {sums} {count}\n  {squares} 0 ]\n")
+    for name in ("j", "k"):
+        m, istd = read_cmvn_file(tmp_path / name)
+        np.testing.assert_allclose(m, mean, rtol=1e-8)
+        np.testing.assert_allclose(istd, 1 / np.sqrt(var), rtol=1e-6)
+    write_stats(tmp_path / "s.npz", mean, 1 / np.sqrt(var))
+    from espnet2.layers.global_mvn import GlobalMVN
+
+    mvn = GlobalMVN(tmp_path / "s.npz")
+    np.testing.assert_allclose(mvn.mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(mvn.std.numpy(), np.sqrt(var), rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------- decoder text
+@pytest.mark.parametrize("text,expected", [
+    ("Hello there, how are you", "Hello there, how are you。"),
+    ("Steps: 1. open the door 2. go in.", "Steps:1:open the door 2:go in."),
+    ("(a) list\n\tthis*", ",a, listthis。"),
+    ("价格是3.5元、很便宜", "价格是3.5元，很便宜。"),
+    ("第一步：1. 打开", "第一步：1：打开。"),
+    ("It is 3.14 today;", "It is 3:14 today。"),
+    ("Done!", "Done!"),
+    ("", ""),
+])
+def test_release_text_normalisation(text, expected):
+    from espnet_freeze_omni.release.text_norm import release_text_normalize
+
+    assert release_text_normalize(text) == expected
+
+
+def test_release_text_normalizer_has_the_token_splitter_interface(s2s):
+    from espnet_freeze_omni.release.text_norm import ReleaseTextNormalizer
+
+    tok = s2s.llm.tokenizer
+    ids = tok.encode("the sky is blue", add_special_tokens=False)
+    out = ReleaseTextNormalizer(tok).split(ids)
+    assert tok.decode(out) == "the sky is blue。"
+    # the imported model's speech decoder reads the answer that way (decoder_text_norm)
+    assert isinstance(s2s.synthesizer.token_splitter, ReleaseTextNormalizer)
+
+
+def test_cmvn_from_the_file_and_no_input_layer(work, tmp_path):
+    """Without the checkpoint's CMVN buffers the global_cmvn file gives the stats; without
+    enc.1.embed.* (transformer-input-layer: none) the encoder has no input layer."""
+    import zipfile
+
+    def edit(s):
+        for key in [k for k in s if k.startswith(("encoder.global_cmvn.", "encoder.enc.1.embed."))]:
+            del s[key]
+
+    def no_input_layer(c):
+        c["encoder_conf"]["para_conf"]["transformer"]["transformer-input-layer"] = "none"
+    release = variant(work, tmp_path, audio_edit=edit, yaml_edit=no_input_layer)
+    mean, istd = np.linspace(-2, 3, 80), np.linspace(0.2, 0.9, 80)
+    count = 500.0
+    (release / "audiollm" / "global_cmvn").write_text(json.dumps({
+        "mean_stat": list(mean * count), "var_stat": list((mean ** 2 + istd ** -2) * count),
+        "frame_num": count}))
+    out = convert(work, release)
+    with zipfile.ZipFile(out) as z:
+        conf = yaml.safe_load(z.read("speech_input/config.yaml"))
+        with z.open("speech_input/feats_stats.npz") as f:
+            stats = dict(np.load(f))
+        with z.open("speech_input/model.pth") as f:
+            state = torch.load(f)
+    assert conf["encoder_conf"]["input_layer"] == "none"
+    assert conf["normalize_conf"]["stats_file"] == "speech_input/feats_stats.npz"
+    assert not any(k.startswith("encoder.input_layer") for k in state)
+    np.testing.assert_allclose(stats["sum"] / stats["count"], mean, rtol=1e-10)
+    np.testing.assert_allclose(state["normalize.std"].numpy(), 1 / istd, rtol=1e-8)
