@@ -11,7 +11,7 @@ Readers, one per distributed format (SPEC §4 evaluates on the first three):
                      (`Question`, `Answer`, `Aliases`, `Value`) are read too
     dialogs          the project's dialog JSON lines {"id", "turns": [{"role", "content"}]}:
                      every user turn, as utterance `<dialog id>-t<k>` (the convention of
-                     local/dialog_turns.py and the driver's stage 9); no reference answers
+                     bin/dialog_turns and the driver's stage 9); no reference answers
 
 Every set becomes
 

@@ -1,23 +1,23 @@
-#!/usr/bin/env python3
-"""Turn dialog JSON lines into recipe data (any corpus; used by freeze_omni.sh stage 9).
+"""Turn dialog JSON lines into recipe data (any corpus; the driver's stage 9 calls it).
 
 Dialogs are {"id", "turns": [{"role": "user"|"assistant", "content"}, ...]}; the k-th user
 turn of dialog D is utterance `D-t<k>` (the ids qa_test_refs.jsonl uses too).
 
     # speak every user turn with espeak-ng into a data dir with turn_info (label 1)
-    local/dialog_turns.py speak --dialogs qa_train.jsonl --out dump/raw16k/qa_train \
-        [--wav_dir DIR] [--sample_rate 16000] [--nj 2] [--seed 0]
+    python -m espnet_freeze_omni.bin.dialog_turns speak --dialogs qa_train.jsonl \
+        --out dump/raw16k/qa_train [--wav_dir DIR] [--sample_rate 16000] [--nj 2] [--seed 0]
 
     # stage-3 targets for every utterance of a data dir: `answer` (the assistant's answer,
     # `<none>` for speech not addressed to it) and `history` (JSON of the earlier turns,
     # with the regenerated answers); every --valid_every-th dialog goes to <dir>_valid,
     # the rest to <dir>_train
-    local/dialog_turns.py targets --dialogs qa_train.regenerated.jsonl --data_dir DIR \
-        [--valid_every 20]
+    python -m espnet_freeze_omni.bin.dialog_turns targets \
+        --dialogs qa_train.regenerated.jsonl --data_dir DIR [--valid_every 20]
 """
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from espnet_freeze_omni.data.derive import subset_data_dir
@@ -79,23 +79,31 @@ def targets(args):
           f"{len(utts) - len(valid)} -> {data_dir}_train")
 
 
-parser = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-sub = parser.add_subparsers(dest="command", required=True)
-p = sub.add_parser("speak")
-p.add_argument("--dialogs", required=True)
-p.add_argument("--out", required=True)
-p.add_argument("--wav_dir", default=None)
-p.add_argument("--sample_rate", type=int, default=16000)
-p.add_argument("--nj", type=int, default=2)
-p.add_argument("--seed", type=int, default=0)
-p.set_defaults(func=speak)
-p = sub.add_parser("targets")
-p.add_argument("--dialogs", required=True)
-p.add_argument("--data_dir", required=True)
-p.add_argument("--valid_every", type=int, default=20)
-p.set_defaults(func=targets)
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("speak", help="speak every user turn with espeak-ng")
+    p.add_argument("--dialogs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--wav_dir", default=None)
+    p.add_argument("--sample_rate", type=int, default=16000)
+    p.add_argument("--nj", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=speak)
+    p = sub.add_parser("targets", help="answer/history targets and the train/valid split")
+    p.add_argument("--dialogs", required=True)
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--valid_every", type=int, default=20)
+    p.set_defaults(func=targets)
+    return parser
+
+
+def main(cmd=None) -> int:
+    args = get_parser().parse_args(cmd)
+    args.func(args)
+    return 0
+
 
 if __name__ == "__main__":
-    args = parser.parse_args()
-    args.func(args)
+    sys.exit(main())
