@@ -128,7 +128,7 @@ def test_tokens_out_of_range_are_rejected(codec):
 
 def test_load_codec_rejects_unknown_types(tmp_path):
     with pytest.raises(ValueError, match="unknown codec type"):
-        load_codec({"type": "ticodec"})
+        load_codec({"type": "soundstream"})
     with pytest.raises(ValueError, match="lacks"):
         load_codec({"type": "espnet_gan_codec", "model_file": "x.pth"})
     conf = tmp_path / "codec.yaml"

@@ -440,8 +440,9 @@ def test_unused_key_is_an_error(work, tmp_path):
 def test_release_codec_needs_one_of_ours(work, tmp_path):
     from espnet_freeze_omni.release.convert import ReleaseImportError, import_release
 
-    with pytest.raises(ReleaseImportError, match=r"codec: the release's TiCodec is not "
-                                                 r"implemented"):
+    # the fake release's codec/ has a model.json but no final.pt
+    with pytest.raises(ReleaseImportError, match=r"codec: no release codec \(codec/model\.json "
+                                                 r"and codec/final\.pt\) and no codec_dir"):
         import_release(work["release"], work["llm"], tmp_path / "x.zip")
 
 
@@ -524,3 +525,278 @@ def test_cmvn_from_the_file_and_no_input_layer(work, tmp_path):
     assert not any(k.startswith("encoder.input_layer") for k in state)
     np.testing.assert_allclose(stats["sum"] / stats["count"], mean, rtol=1e-10)
     np.testing.assert_allclose(state["normalize.std"].numpy(), 1 / istd, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------- the codec (TiCodec)
+# a tiny TiCodec: 512-wide codebook (fixed in the release), channels 256 -> 128 (the global
+# embedding's width: added after stage 0) -> 64, 4 * 3 = 12 samples per token
+TICODEC_JSON = {"resblock": "1", "upsample_rates": [4, 3], "upsample_kernel_sizes": [8, 3],
+                "upsample_initial_channel": 256, "resblock_kernel_sizes": [3, 5],
+                "resblock_dilation_sizes": [[1, 2, 1], [1, 1, 1]], "n_codes": CODES,
+                "n_code_groups": 1, "residul_layer": 1, "global_code_num": 8,
+                "global_tokens": [3, 1, 4, 1, 5, 9, 2, 6], "sampling_rate": 24000,
+                "global_feature_conv": [128, 64, 128, 3, 1], "segment_size": 48}
+TI_SPT = 12
+
+
+def release_codec_state(gen: torch.Generator, h=TICODEC_JSON):
+    """A TiCodec checkpoint as the release stores it, written out by hand: every conv
+    weight-normed (weight_g, weight_v; ConvTranspose1d weights are [in, out, k]), the
+    quantizer's codebooks, and a few encoder tensors (dropped by the importer)."""
+    def r(*shape, scale=0.1):
+        return torch.randn(*shape, generator=gen) * scale
+
+    g = {}
+
+    def wn(name, out_ch, in_ch, k, transposed=False):
+        v_shape = (in_ch, out_ch, k) if transposed else (out_ch, in_ch, k)
+        g[name + ".weight_v"] = r(*v_shape)
+        g[name + ".weight_g"] = 1 + r(v_shape[0], 1, 1)
+        g[name + ".bias"] = r(out_ch)
+
+    ch = h["upsample_initial_channel"]
+    wn("conv_pre", ch, 512, 7)
+    kernels = h["resblock_kernel_sizes"]
+    for i, (u, k) in enumerate(zip(h["upsample_rates"], h["upsample_kernel_sizes"])):
+        wn(f"ups.{i}", ch // 2, ch, k, transposed=True)
+        ch //= 2
+        for j, (rk, rd) in enumerate(zip(kernels, h["resblock_dilation_sizes"])):
+            for n in range(len(rd)):
+                for convs in ("convs1", "convs2"):
+                    wn(f"resblocks.{i * len(kernels) + j}.{convs}.{n}", ch, ch, rk)
+    wn("conv_post", 1, ch, 7)
+    q = {"quantizer_modules.0.embedding.weight": r(h["n_codes"], 512, scale=1.0)}
+    for j in range(h["global_code_num"]):
+        q[f"quantizer_modules_globaltokens.{j}.embedding.weight"] = r(
+            h["n_codes"], 128 // h["global_code_num"], scale=1.0)
+    enc = {"conv_pre.weight_g": r(32, 1, 1), "conv_pre.weight_v": r(32, 1, 7),
+           "conv_pre.bias": r(32), "GlobalTokenEncoder.fn.2.running_mean": r(128),
+           "GlobalTokenEncoder.fn.2.num_batches_tracked": torch.tensor(3)}
+    return {"generator": g, "quantizer": q, "encoder": enc}
+
+
+def write_release_codec(root: Path, state=None, h=None, seed=3):
+    state = release_codec_state(torch.Generator().manual_seed(seed)) if state is None else state
+    (root / "codec").mkdir(parents=True, exist_ok=True)
+    (root / "codec" / "model.json").write_text(json.dumps(h or TICODEC_JSON))
+    torch.save(state, root / "codec" / "final.pt")
+    return state
+
+
+def reference_decode(state, tokens: torch.Tensor, h=TICODEC_JSON) -> torch.Tensor:
+    """The TiCodec decoder written out with torch's own weight_norm formula (torch._weight_norm
+    over dim 0) and functional convs: (T,) tokens -> (T * 12,) samples."""
+    import torch.nn.functional as F
+
+    g = state["generator"]
+
+    def w(name):
+        return torch._weight_norm(g[name + ".weight_v"], g[name + ".weight_g"], 0)
+
+    def lrelu(x):
+        return F.leaky_relu(x, 0.1)
+
+    q = state["quantizer"]
+    x = q["quantizer_modules.0.embedding.weight"][tokens].T[None]  # (1, 512, T)
+    glob = torch.cat([q[f"quantizer_modules_globaltokens.{j}.embedding.weight"][t]
+                      for j, t in enumerate(h["global_tokens"])])  # (128,)
+    x = F.conv1d(x, w("conv_pre"), g["conv_pre.bias"], padding=3)
+    kernels = h["resblock_kernel_sizes"]
+    for i, (u, k) in enumerate(zip(h["upsample_rates"], h["upsample_kernel_sizes"])):
+        x = F.conv_transpose1d(lrelu(x), w(f"ups.{i}"), g[f"ups.{i}.bias"], stride=u,
+                               padding=(k - u) // 2)
+        outs = []
+        for j, (rk, rd) in enumerate(zip(kernels, h["resblock_dilation_sizes"])):
+            y, b = x, f"resblocks.{i * len(kernels) + j}"
+            for n, d in enumerate(rd):
+                t = F.conv1d(lrelu(y), w(f"{b}.convs1.{n}"), g[f"{b}.convs1.{n}.bias"],
+                             dilation=d, padding=d * (rk - 1) // 2)
+                t = F.conv1d(lrelu(t), w(f"{b}.convs2.{n}"), g[f"{b}.convs2.{n}.bias"],
+                             padding=(rk - 1) // 2)
+                y = y + t
+            outs.append(y)
+        x = sum(outs) / len(outs)
+        if x.size(1) == glob.numel():
+            x = x + glob[None, :, None]
+    x = F.conv1d(lrelu(x), w("conv_post"), g["conv_post.bias"], padding=3)
+    return torch.tanh(x)[0, 0]
+
+
+@pytest.fixture(scope="module")
+def ti_work(work, tmp_path_factory):
+    """The fake release with a TiCodec codec/, imported without --codec_dir."""
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+    from espnet_freeze_omni.release.convert import import_release
+
+    root = tmp_path_factory.mktemp("ticodec_import")
+    release = root / "release"
+    shutil.copytree(work["release"], release)
+    codec_state = write_release_codec(release)
+    out = import_release(release, work["llm"], root / "ti_model.zip", llm_dtype="float32")
+    s2s = Speech2Speech.from_pretrained(out, llm_path=work["llm"], cachedir=root / "cache",
+                                        max_new_tokens=6, max_codec_tokens=30, seed=1)
+    return dict(root=root, release=release, zip=out, state=codec_state, s2s=s2s)
+
+
+def test_ticodec_is_converted_and_packed(ti_work):
+    import zipfile
+
+    from espnet_freeze_omni.codec.ticodec import TiCodec, token_reach
+
+    with zipfile.ZipFile(ti_work["zip"]) as z:
+        meta = yaml.safe_load(z.read("meta.yaml"))
+        provenance = json.loads(z.read("release_import.json"))
+        assert {"codec/config.yaml", "codec/ticodec.pth"} <= set(z.namelist())
+    assert meta["yaml_files"]["codec_config"] == "codec/config.yaml"
+    assert meta["files"]["codec_model"] == "codec/ticodec.pth"
+    assert "TiCodec" in provenance["codec"] and "encoder.* dropped" in provenance["codec"]
+    assert provenance["dropped"]["codec/final.pt"]["encoder.*"] == 5
+    codec = ti_work["s2s"].codec
+    assert isinstance(codec, TiCodec)
+    assert (codec.samples_per_token, codec.vocab_size, codec.sample_rate) == (TI_SPT, CODES, 24000)
+    assert codec.context_tokens == token_reach(codec.conf) == 8
+    # every generator / quantizer tensor lands once: g + v pairs become one weight
+    src = ti_work["state"]
+    ours = codec.model.state_dict()
+    pairs = sum(k.endswith("weight_g") for k in src["generator"])
+    assert len(ours) == len(src["generator"]) - pairs + len(src["quantizer"])
+    torch.testing.assert_close(ours["quantizer.codebook.weight"],
+                               src["quantizer"]["quantizer_modules.0.embedding.weight"],
+                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        ours["quantizer.global_codebooks.7.weight"],
+        src["quantizer"]["quantizer_modules_globaltokens.7.embedding.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(ours["generator.resblocks.3.convs2.1.bias"],
+                               src["generator"]["resblocks.3.convs2.1.bias"], atol=0, rtol=0)
+    # the folded weight_norm is torch's weight_norm on the same g and v (conv and transposed)
+    for name in ("ups.0", "resblocks.1.convs1.2", "conv_post"):
+        v, g = src["generator"][name + ".weight_v"], src["generator"][name + ".weight_g"]
+        if name.startswith("ups"):  # [in, out, k]
+            conv = torch.nn.ConvTranspose1d(v.shape[0], v.shape[1], v.shape[2], 4)
+        else:
+            conv = torch.nn.Conv1d(v.shape[1], v.shape[0], v.shape[2])
+        conv = torch.nn.utils.weight_norm(conv)
+        with torch.no_grad():
+            conv.weight_g.copy_(g)
+            conv.weight_v.copy_(v)
+        torch.nn.utils.remove_weight_norm(conv)  # sets weight from g and v
+        torch.testing.assert_close(ours[f"generator.{name}.weight"], conv.weight.detach(),
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_ticodec_decode_equals_the_written_out_reference(ti_work):
+    codec = ti_work["s2s"].codec
+    tokens = torch.from_numpy(np.random.RandomState(5).randint(0, CODES, 23))
+    wav = codec.decode(tokens.numpy())
+    assert wav.shape == (23 * TI_SPT,) and wav.dtype == np.float32
+    expected = reference_decode(ti_work["state"], tokens)
+    assert expected.numel() == 23 * TI_SPT
+    np.testing.assert_allclose(wav, expected.numpy(), atol=1e-5, rtol=0)
+    assert float(np.abs(wav).max()) > 1e-2  # not a trivially silent output
+    # the global tokens matter: other ones give other audio
+    other = codec.model(tokens[None], torch.zeros(1, 8, dtype=torch.long))[0]
+    assert float((other - torch.from_numpy(wav)).abs().max()) > 1e-3
+    with pytest.raises(NotImplementedError, match="TiCodec encoding is not implemented"):
+        codec.encode(np.zeros(48, dtype=np.float32), 24000)
+
+
+def test_ticodec_context_tokens_and_exact_packets(ti_work):
+    from espnet_freeze_omni.codec.packets import PacketDecoder
+
+    codec = ti_work["s2s"].codec
+    c = codec.context_tokens
+    rng = np.random.RandomState(2)
+    tokens = rng.randint(0, CODES, 161)
+    offline = codec.decode(tokens)
+    # changing token 40 changes audio exactly within c tokens of it (on the wider side)
+    changed = tokens.copy()
+    changed[40] = (changed[40] + 1) % CODES
+    diff = np.abs(codec.decode(changed) - offline).reshape(-1, TI_SPT).max(1)
+    moved = np.flatnonzero(diff > 0) - 40
+    assert moved.min() >= -c and moved.max() <= c and max(-moved.min(), moved.max()) == c
+    # the default schedule's margin (4 tokens) is below the reach: not exact
+    assert not PacketDecoder(codec).exact
+    ctx = 2 * c + 2
+    decoder = PacketDecoder(codec, first_packet=c + 4, lookahead=ctx, packet=2 * ctx,
+                            overlap=ctx)
+    assert decoder.exact
+    packets = []
+    for start in range(0, len(tokens), 7):
+        packets += decoder.push(tokens[start:start + 7])
+    packets += decoder.flush()
+    assert len(packets) > 3
+    np.testing.assert_allclose(np.concatenate(packets), offline, atol=1e-5, rtol=0)
+
+
+def test_imported_ticodec_voices_the_answers(ti_work, monkeypatch):
+    from espnet_freeze_omni.inference import duplex_session
+
+    monkeypatch.setattr(duplex_session, "decide_state",
+                        lambda probs, rule="argmax": duplex_session.STATE_RESPOND)
+    session = ti_work["s2s"].session(vad=False)
+    rng = np.random.RandomState(1)
+    events = []
+    for _ in range(8):
+        events += session.feed((rng.randn(1600) * 0.1).astype(np.float32))
+    events += session.flush()
+    audio = [e.pcm for e in events if e.type == "audio"]
+    assert audio, [e.type for e in events]
+    assert sum(len(a) for a in audio) % TI_SPT == 0
+    assert all(np.isfinite(a).all() for a in audio)
+
+
+def _codec_variant(tmp_path, state_edit=None, json_edit=None):
+    import copy
+
+    state = release_codec_state(torch.Generator().manual_seed(3))
+    h = copy.deepcopy(TICODEC_JSON)
+    if state_edit:
+        state_edit(state)
+    if json_edit:
+        json_edit(h)
+    write_release_codec(tmp_path, state=state, h=h)
+    return tmp_path / "codec"
+
+
+@pytest.mark.parametrize("state_edit,json_edit,pattern", [
+    (None, lambda h: h.pop("upsample_kernel_sizes"),
+     r"codec/model\.json: missing key 'upsample_kernel_sizes'"),
+    (None, lambda h: h.update(n_code_groups=2),
+     r"codec/model\.json: n_code_groups = 2 is not implemented"),
+    (None, lambda h: h.update(global_tokens=[1, 2]),
+     r"codec/model\.json: global_tokens has 2 entries"),
+    (lambda s: s["generator"].update({"ups.1.weight_v": torch.zeros(128, 64, 5)}), None,
+     r"codec/final\.pt: tensor generator\.ups\.1\.weight_v has shape \(128, 64, 5\), our "
+     r"generator\.ups\.1\.weight needs \(128, 64, 3\)"),
+    (lambda s: s["quantizer"].update({"quantizer_modules.0.embedding.weight":
+                                      torch.zeros(CODES, 256)}), None,
+     r"codec/final\.pt: tensor quantizer\.quantizer_modules\.0\.embedding\.weight has shape "
+     r"\(16, 256\)"),
+    (lambda s: s["generator"].update({"resblocks.0.convs3.0.weight": torch.zeros(1)}), None,
+     r"codec/final\.pt: unused key\(s\) .*generator\.resblocks\.0\.convs3\.0\.weight"),
+    (lambda s: s["generator"].pop("conv_post.weight_g"), None,
+     r"codec/final\.pt: missing key generator\.conv_post\.weight_g"),
+    (lambda s: s["generator"].pop("resblocks.2.convs1.0.bias"), None,
+     r"codec/final\.pt: missing key\(s\) generator\.resblocks\.2\.convs1\.0\.bias"),
+    (lambda s: s.update(discriminator={"w": torch.zeros(1)}), None,
+     r"codec/final\.pt: unused entry 'discriminator'"),
+])
+def test_malformed_release_codec_is_named(tmp_path, state_edit, json_edit, pattern):
+    from espnet_freeze_omni.release.convert import ReleaseImportError, convert_codec
+
+    codec = _codec_variant(tmp_path, state_edit, json_edit)
+    with pytest.raises(ReleaseImportError, match=pattern):
+        convert_codec(codec / "model.json", codec / "final.pt")
+
+
+def test_release_codec_vocabulary_must_be_the_decoders(work, tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError, import_release
+
+    release = tmp_path / "release"
+    shutil.copytree(work["release"], release)
+    h = dict(TICODEC_JSON, n_codes=CODES * 2)
+    state = release_codec_state(torch.Generator().manual_seed(3), h)
+    write_release_codec(release, state=state, h=h)
+    with pytest.raises(ReleaseImportError, match=r"codec/model\.json: n_codes = 32, the "
+                                                 r"release's decoder .* predicts 16"):
+        import_release(release, work["llm"], tmp_path / "x.zip")

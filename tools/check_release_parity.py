@@ -18,6 +18,11 @@ instantiated and randomized, their state_dicts go through our converter's key ma
                       states, and how many chunk decisions the two rules agree on
     speech decoder    logits of the first codec steps (prefix + pre-network + text, then
                       SOS and teacher-forced codes), cached decoding on both sides
+    codec (TiCodec)   PCM of the same tokens: the release's VQVAE, loaded by its own code
+                      from a release-format codec/{model.json, final.pt} with random
+                      weight-normed weights (remove_weight_norm applied, as llm2tts does),
+                      vs our converter (convert_codec) + TiCodec.decode; at the release's
+                      architecture sizes and at a tiny one with an odd kernel - rate
 
 Target: <= 1e-4 in float32. Shims (API drift only, no release code changed): the release's
 encoder moves its position table to 'cuda' unconditionally (kept on CPU here when there
@@ -234,6 +239,8 @@ def main(argv=None) -> int:
     if LLM2TTSCodecAR is not None:
         results.update(decoder_parity(LLM2TTSCodecAR, convert_decoder, gen))
 
+    results.update(codec_parity(src, gen))
+
     texts = text_parity(src)
 
     print(f"release code: {src}")
@@ -327,6 +334,72 @@ def decoder_parity(LLM2TTSCodecAR, convert_decoder, gen):
             position += 1
         mine = torch.stack(mine)
     return {f"speech decoder logits ({len(codes) + 1} steps)": max_diff(theirs, mine)}
+
+
+# the release's codec/model.json architecture (HiFi-GAN v1 sizes, 8 * 5 * 5 * 3 = 600) and a
+# tiny one whose second stage has an odd kernel - rate (one extra sample, trimmed by ours)
+CODEC_CONFIGS = {
+    "release sizes": dict(upsample_rates=[8, 5, 5, 3], upsample_kernel_sizes=[16, 11, 11, 5],
+                          upsample_initial_channel=512, resblock_kernel_sizes=[3, 7, 11],
+                          resblock_dilation_sizes=[[1, 3, 5]] * 3, tokens=25),
+    "tiny, odd k-u": dict(upsample_rates=[4, 3], upsample_kernel_sizes=[8, 4],
+                          upsample_initial_channel=256, resblock_kernel_sizes=[3, 5],
+                          resblock_dilation_sizes=[[1, 2, 1], [1, 1, 1]], tokens=40),
+}
+
+
+def codec_parity(src: Path, gen: torch.Generator):
+    import json
+
+    from espnet_freeze_omni.codec.ticodec import TiCodec
+    from espnet_freeze_omni.release.convert import convert_codec
+
+    try:
+        from models.decoder.ticodec.models import Encoder, Generator, Quantizer
+        from models.decoder.ticodec.vqvae import VQVAE, AttrDict
+    except Exception as e:  # noqa: BLE001 - report and go on without the codec
+        print(f"release codec not importable: {type(e).__name__}: {e}")
+        return {}
+    results = {}
+    for name, sizes in CODEC_CONFIGS.items():
+        sizes = dict(sizes)
+        num_tokens = sizes.pop("tokens")
+        h = AttrDict(resblock="1", n_codes=1024, n_code_groups=1, residul_layer=1,
+                     global_code_num=8, global_feature_conv=[128, 64, 128, 3, 1],
+                     codebook_loss_lambda=1.0, commitment_loss_lambda=0.25,
+                     sampling_rate=24000,
+                     global_tokens=[int(t) for t in torch.randint(0, 1024, (8,), generator=gen)],
+                     **sizes)
+        parts = {"generator": Generator(h), "quantizer": Quantizer(h), "encoder": Encoder(h)}
+        for part in parts.values():
+            randomize(part, gen)
+            with torch.no_grad():  # weight-norm gains near 1: a signal that neither dies out
+                for pname, p in part.named_parameters():  # nor saturates the tanh
+                    if pname.endswith("weight_g"):
+                        p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.1)
+        with tempfile.TemporaryDirectory() as tmp:
+            codec_dir = Path(tmp) / "codec"
+            codec_dir.mkdir()
+            (codec_dir / "model.json").write_text(json.dumps(h))
+            torch.save({k: v.state_dict() for k, v in parts.items()}, codec_dir / "final.pt")
+            with contextlib.redirect_stdout(None):  # its remove_weight_norm prints
+                release = VQVAE(str(codec_dir / "model.json"), str(codec_dir / "final.pt"),
+                                with_encoder=True).eval()
+                release.generator.remove_weight_norm()
+            conf, state, _, _ = convert_codec(codec_dir / "model.json", codec_dir / "final.pt")
+        ours = TiCodec(conf, state)
+        tokens = torch.randint(0, 1024, (num_tokens,), generator=gen)
+        with torch.no_grad():
+            theirs = release(tokens[None, :, None],
+                             torch.tensor(h.global_tokens)[None, None])[0, 0]
+        mine = torch.from_numpy(ours.decode(tokens.numpy()))
+        extra = theirs.numel() - mine.numel()
+        key = (f"codec PCM, {name} ({num_tokens} tokens, {mine.numel()} samples"
+               + (f", release +{extra} trimmed" if extra else "") + ")")
+        results[key] = max_diff(theirs[:mine.numel()], mine)
+        print(f"  codec {name}: PCM rms {float(mine.pow(2).mean().sqrt()):.3f}, "
+              f"context_tokens {ours.context_tokens}")
+    return results
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 """Convert the authors' released Freeze-Omni checkpoints into our packed model.
 
     python -m espnet_freeze_omni.bin.import_release --release_dir DIR --llm_path QWEN2_DIR \
-        --codec_dir exp/codec --out exp/release/freeze_omni_model.zip
+        --out exp/release/freeze_omni_model.zip
+
+The release's TiCodec (DIR/codec) is converted too; `--codec_dir` packs one of our codecs
+instead.
 
 The zip loads like a recipe-trained one (Speech2Speech.from_pretrained, its session,
 bin/speech2speech). What is converted, what is not, and how the converted model differs

@@ -4,6 +4,8 @@
         -> EmbeddedCodec.from_dir(DIR) (what train_embedded_codec saved)
     {"type": "espnet_gan_codec", "model_file": F, "train_config": C, ["device": "cpu"]}
         -> EspnetGanCodec wrapping espnet2.bin.gan_codec_inference.AudioCoding
+    {"type": "ticodec", "path": DIR, ["model_file": F], ["device": "cpu"]}
+        -> TiCodec.from_dir(DIR) (the release's codec, as the release importer saved it)
 
 The backends import `abs_codec` (the interface), never this package's names, so the
 registry can import them without a cycle. A new backend is one line in `codec_choices`.
@@ -18,11 +20,12 @@ from espnet2.train.class_choices import ClassChoices
 from espnet_freeze_omni.codec.abs_codec import AbsCodec
 from espnet_freeze_omni.codec.embedded import EmbeddedCodec
 from espnet_freeze_omni.codec.espnet_codec import EspnetGanCodec
+from espnet_freeze_omni.codec.ticodec import TiCodec
 from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
 
 codec_choices = ClassChoices(
     "codec",
-    classes=dict(embedded=EmbeddedCodec, espnet_gan_codec=EspnetGanCodec),
+    classes=dict(embedded=EmbeddedCodec, espnet_gan_codec=EspnetGanCodec, ticodec=TiCodec),
     type_check=AbsCodec,
     default="embedded",
 )

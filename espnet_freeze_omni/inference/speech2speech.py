@@ -79,7 +79,8 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
                           device: str = "cpu") -> Dict:
     """`load_codec` config of a trained codec, from its config.yaml (+ checkpoint).
 
-    An embedded codec's config.yaml says `codec: embedded` and has its codebook beside it;
+    An embedded codec's config.yaml says `codec: embedded` and has its codebook beside it,
+    a TiCodec's `codec: ticodec` (weights: `model_file`, else ticodec.pth beside it);
     anything else is an espnet gan_codec training config, whose checkpoint is `model_file`
     or, when not given, the first of CODEC_MODEL_FILES found beside the config.
     """
@@ -89,6 +90,12 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
     conf = read_yaml_mapping(config_file, "codec config")
     if conf.get("codec") == "embedded":
         return {"type": "embedded", "path": str(config_file.parent)}
+    if conf.get("codec") == "ticodec":  # the release's codec, as import_release saves it
+        from espnet_freeze_omni.codec.ticodec import WEIGHTS_FILE
+
+        weights = Path(model_file) if model_file else config_file.parent / WEIGHTS_FILE
+        return {"type": "ticodec", "path": str(config_file.parent), "model_file": str(weights),
+                "device": device}
     if model_file is None:
         found = [config_file.parent / name for name in CODEC_MODEL_FILES
                  if (config_file.parent / name).is_file()]
@@ -135,7 +142,13 @@ def codec_files(codec_conf: Dict) -> Tuple[str, str]:
                 str(Path(codec_conf["path"]) / CODEBOOK_FILE))
     if codec_conf.get("type") == "espnet_gan_codec":
         return str(codec_conf["train_config"]), str(codec_conf["model_file"])
-    raise ValueError(f"unknown codec config {codec_conf!r}: type embedded or espnet_gan_codec")
+    if codec_conf.get("type") == "ticodec":
+        from espnet_freeze_omni.codec.ticodec import CONFIG_FILE, WEIGHTS_FILE
+
+        path = Path(codec_conf["path"])
+        return str(path / CONFIG_FILE), str(codec_conf.get("model_file") or path / WEIGHTS_FILE)
+    raise ValueError(f"unknown codec config {codec_conf!r}: type embedded, espnet_gan_codec "
+                     "or ticodec")
 
 
 # ---------------------------------------------------------------------------- packed models

@@ -3,7 +3,7 @@
     release_dir/
         audiollm/train.yaml, audiollm/global_cmvn, audiollm/final.pt   speech input
         decoder/model.json, decoder/final.pt                           speech decoder
-        codec/model.json, codec/final.pt                               TiCodec (not supported)
+        codec/model.json, codec/final.pt                               TiCodec (decoding)
         server.json                                                    optional
     + the LLM folder (Qwen2-7B-Instruct) -> a zip in the format of recipe stage 17, loaded by
     Speech2Speech.from_pretrained(zip, llm_path=...), its session and bin/speech2speech.
@@ -24,8 +24,12 @@ What is converted (keymap.py has the names):
   * synthesized (the release has none): our CTC head `ctc.ctc_lo` over a 3-token list
     (<blank> <unk> <sos/eos>), all zeros. CTC outputs of an imported model are meaningless
     (every frame is blank, so CTC transcripts are empty); nothing else reads the CTC head.
-  * the codec: TiCodec is not implemented here; give one of our codecs with `codec_dir`
-    (its vocabulary must equal the decoder's), or the conversion stops naming codec/.
+  * the codec (without `codec_dir`): TiCodec's `generator.*` (weight_norm folded into plain
+    weights, w = g * v / ||v||) and the quantizer's local + global codebooks become our
+    `ticodec` codec (codec/ticodec.py), packed as codec/config.yaml + codec/ticodec.pth with
+    the model.json's fixed `global_tokens`. Its `encoder.*` (Encoder, GlobalTokenEncoder)
+    is dropped, logged: encoding is not implemented. With `codec_dir`, one of our codecs is
+    packed instead (its vocabulary must equal the decoder's).
 
 Every tensor of a release checkpoint must land in exactly one place: an unknown key, a key
 our model lacks, or a tensor our model needs that the release lacks is a ReleaseImportError
@@ -47,7 +51,8 @@ import numpy as np
 import torch
 
 from espnet_freeze_omni.release.keymap import (
-    CMVN_KEYS, DROP, ROPE_KEY, audio_llm_source, audio_llm_target, decoder_target)
+    CMVN_KEYS, DROP, ROPE_KEY, audio_llm_source, audio_llm_target, codec_source, codec_target,
+    decoder_target)
 
 CTC_TOKENS = ["<blank>", "<unk>", "<sos/eos>"]
 NUM_STATE_LOGITS = 4
@@ -389,14 +394,95 @@ def load_into(model: torch.nn.Module, converted: Dict[str, torch.Tensor], source
     model.load_state_dict(full, strict=True)
 
 
+# training-only entries a TiCodec checkpoint may carry beside the three models
+CODEC_TRAINING_ENTRIES = ("mpd", "msd", "optim_g", "optim_d", "steps", "epoch")
+CODEC_GROUPS = ("generator", "quantizer", "encoder")
+
+
+def convert_codec(model_json: Path, checkpoint: Path):
+    """(TiCodecConfig, our TiCodecModel state_dict, dropped keys, dropped entries) of the
+    release's codec/{model.json, final.pt}. Refusals name the file and the key/tensor."""
+    from espnet_freeze_omni.codec.ticodec import TiCodecConfig, TiCodecModel, fold_weight_norm
+
+    if not model_json.is_file():
+        raise ReleaseImportError(f"{model_json}: file not found")
+    try:
+        conf = TiCodecConfig.from_release_json(model_json)
+    except ValueError as e:
+        raise ReleaseImportError(str(e)) from None
+    if not checkpoint.is_file():
+        raise ReleaseImportError(f"{checkpoint}: file not found")
+    try:
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint
+        raise ReleaseImportError(f"{checkpoint}: cannot be read as a torch checkpoint ({e})") from e
+    if not isinstance(raw, dict):
+        raise ReleaseImportError(f"{checkpoint}: not a dict of {', '.join(CODEC_GROUPS)} "
+                                 "state_dicts")
+    flat: Dict[str, torch.Tensor] = {}
+    dropped_entries = []
+    for group, value in raw.items():
+        if group in CODEC_GROUPS:
+            if not isinstance(value, dict) or not all(torch.is_tensor(v) for v in value.values()):
+                raise ReleaseImportError(f"{checkpoint}: entry {group!r} is not a state_dict")
+            flat.update({f"{group}.{k}": v for k, v in value.items()})
+        elif group in CODEC_TRAINING_ENTRIES:
+            dropped_entries.append(group)
+        else:
+            raise ReleaseImportError(f"{checkpoint}: unused entry {group!r} (expected "
+                                     f"{', '.join(CODEC_GROUPS)})")
+    for group in ("generator", "quantizer"):
+        if group not in raw:
+            raise ReleaseImportError(f"{checkpoint}: missing entry {group!r}")
+
+    model = TiCodecModel(conf)
+    target = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    pairs: Dict[str, Dict[str, torch.Tensor]] = {}
+    dropped, unknown = [], []
+    for key, value in flat.items():
+        name = codec_target(key)
+        if name is None:
+            unknown.append(key)
+        elif name == DROP:
+            dropped.append(key)
+        elif name.endswith(("weight_g", "weight_v")):
+            pairs.setdefault(name[:-2], {})[name[-1]] = value
+        else:
+            out[name] = value
+    if unknown:
+        raise ReleaseImportError(f"{checkpoint}: unused key(s) we do not know where to put: "
+                                 f"{', '.join(sorted(unknown)[:20])}")
+    for name, gv in pairs.items():
+        for part in "gv":
+            if part not in gv:
+                raise ReleaseImportError(f"{checkpoint}: missing key {name}_{part} (the pair "
+                                         f"of {name}_{'v' if part == 'g' else 'g'})")
+        if name in out:
+            raise ReleaseImportError(f"{checkpoint}: both {name} and {name}_g/_v")
+        if name not in target:
+            raise ReleaseImportError(f"{checkpoint}: unused key {name}_v (our model, as "
+                                     f"{model_json.name} builds it, has no {name})")
+        want = tuple(target[name].shape)
+        want_g = (want[0],) + (1,) * (len(want) - 1)
+        for part, shape in (("v", want), ("g", want_g)):
+            if tuple(gv[part].shape) != shape:
+                raise ReleaseImportError(
+                    f"{checkpoint}: tensor {name}_{part} has shape {tuple(gv[part].shape)}, "
+                    f"our {name} needs {shape}")
+        out[name] = fold_weight_norm(gv["g"], gv["v"])
+    load_into(model, out, checkpoint, {}, source_name=lambda k: codec_source(k) or k)
+    return conf, model.state_dict(), dropped, dropped_entries
+
+
 # ---------------------------------------------------------------------------- main
 def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
                    llm_dtype: str = "float32", work_dir=None) -> Path:
     """Convert `release_dir` (+ the LLM at `llm_path`) into the packed model `out` (a zip).
 
     `codec_dir`: one of our codec dirs (codec_conf.yaml or config.yaml + checkpoint;
-    `codec_model` picks a checkpoint) whose vocabulary equals the decoder's: TiCodec
-    (release codec/) is not implemented. Returns `out`.
+    `codec_model` picks a checkpoint) whose vocabulary equals the decoder's, packed instead
+    of the release's codec/ (TiCodec, converted when `codec_dir` is None). Returns `out`.
     """
     from espnet2.main_funcs.pack_funcs import pack
 
@@ -408,10 +494,10 @@ def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
         if not files[key].is_file():
             raise ReleaseImportError(f"{files[key]}: file not found (release layout: "
                                      f"{', '.join(RELEASE_FILES.values())})")
-    if codec_dir is None:
+    if codec_dir is None and not (files["codec_json"].is_file() and files["codec"].is_file()):
         raise ReleaseImportError(
-            f"{files['codec'].parent}: the release's TiCodec is not implemented here; pass "
-            "codec_dir (--codec_dir) of one of our codecs with the decoder's vocabulary")
+            f"{files['codec'].parent}: no release codec ({RELEASE_FILES['codec_json']} and "
+            f"{RELEASE_FILES['codec']}) and no codec_dir (--codec_dir) of one of our codecs")
     hidden = llm_hidden_size(llm_path)
 
     audio_state = _load_state(files["audio_llm"])
@@ -422,6 +508,22 @@ def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
     decoder_state = _load_state(files["decoder"])
     output_conf = speech_output_config(files["decoder_json"], hidden)
     dec_converted, dec_dropped = convert_decoder(decoder_state, files["decoder"])
+    ticodec = None
+    if codec_dir is None:
+        ticodec = convert_codec(files["codec_json"], files["codec"])
+        vocab = output_conf["speech_decoder_conf"]["vocab_size"]
+        if ticodec[0].n_codes != vocab:
+            raise ReleaseImportError(
+                f"{files['codec_json']}: n_codes = {ticodec[0].n_codes}, the release's decoder "
+                f"(decoder/model.json odim) predicts {vocab}")
+        logging.warning(
+            "%s: dropped %d encoder tensors (encoder.*: TiCodec's Encoder and "
+            "GlobalTokenEncoder; encoding is not implemented, the packed codec only decodes)%s",
+            files["codec"], len(ticodec[2]),
+            f" and the training-only entries {', '.join(ticodec[3])}" if ticodec[3] else "")
+    elif files["codec"].is_file():
+        logging.info("%s not converted: packing the codec_dir %s instead", files["codec"],
+                     codec_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import_release_", dir=work_dir or out.parent))
@@ -455,16 +557,28 @@ def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
         torch.save(output_model.state_dict(), staging / "speech_output" / "model.pth")
         _dump(output_args, staging / "speech_output" / "config.yaml")
 
-        codec_yaml, codec_weights = _stage_codec(codec_dir, codec_model, staging,
-                                                 output_conf["speech_decoder_conf"]["vocab_size"])
+        if ticodec is None:
+            codec_yaml, codec_weights = _stage_codec(
+                codec_dir, codec_model, staging, output_conf["speech_decoder_conf"]["vocab_size"])
+            codec_note = f"ours, from {Path(codec_dir).absolute()} (the release's not converted)"
+        else:
+            from espnet_freeze_omni.codec.ticodec import CONFIG_FILE, WEIGHTS_FILE, TiCodec
+
+            TiCodec(ticodec[0], ticodec[1]).save(
+                staging / "codec", provenance={"converted_from": str(files["codec"])})
+            codec_yaml, codec_weights = f"codec/{CONFIG_FILE}", f"codec/{WEIGHTS_FILE}"
+            codec_note = ("TiCodec, converted (decoding only: encoder.* dropped, encoding is "
+                          "not implemented)")
         provenance = {
             "release_dir": str(release_dir.absolute()),
             "converted_from": {k: str(v) for k, v in files.items() if v.is_file()},
             "cmvn_from": cmvn_from,
-            "dropped": {"audiollm/final.pt": len(dropped), "decoder/final.pt": dec_dropped},
+            "dropped": {"audiollm/final.pt": len(dropped), "decoder/final.pt": dec_dropped,
+                        **({"codec/final.pt": {"encoder.*": len(ticodec[2]),
+                                               "entries": ticodec[3]}} if ticodec else {})},
             "synthesized": {"ctc.ctc_lo": "zeros over <blank> <unk> <sos/eos>: CTC outputs "
                                           "of an imported model are meaningless"},
-            "codec": "ours (TiCodec not implemented)",
+            "codec": codec_note,
         }
         if files["server_json"].is_file():
             provenance["server_json"] = json.loads(files["server_json"].read_text())
@@ -572,7 +686,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--out", required=True, help="the zip to write")
     parser.add_argument("--codec_dir", default=None,
                         help="one of our codec dirs to pack instead of the release's TiCodec "
-                             "(not implemented); its vocabulary must be the decoder's")
+                             "(default: convert codec/); its vocabulary must be the decoder's")
     parser.add_argument("--codec_model", default=None,
                         help="checkpoint inside a gan_codec --codec_dir (default: its best)")
     parser.add_argument("--llm_dtype", default="bfloat16",

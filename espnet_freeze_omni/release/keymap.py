@@ -85,3 +85,34 @@ def audio_llm_source(target: str) -> Optional[str]:
         (r"(task_embeddings|prompt_embeddings|predictor_head)\.(.*)", r"\1.\2"),
     )
     return _apply(inverse, target)
+
+
+# codec/final.pt ({'generator': sd, 'quantizer': sd, 'encoder': sd}, flattened to
+# "<group>.<key>") -> our TiCodecModel (codec/ticodec.py). weight_g / weight_v keep their
+# suffix here: the converter folds each pair into the plain `.weight`.
+_CODEC_RULES = (
+    (r"generator\.(conv_pre|conv_post|ups\.\d+|resblocks\.\d+\.convs[12]?\.\d+)\."
+     r"(weight_g|weight_v|weight|bias)", r"generator.\1.\2"),
+    (r"quantizer\.quantizer_modules\.0\.embedding\.weight", "quantizer.codebook.weight"),
+    (r"quantizer\.quantizer_modules_globaltokens\.(\d+)\.embedding\.weight",
+     r"quantizer.global_codebooks.\1.weight"),
+    # Encoder + GlobalTokenEncoder: only encoding reads them, which is not implemented
+    (r"encoder\..*", DROP),
+)
+
+
+def codec_target(key: str) -> Optional[str]:
+    """Our TiCodecModel key for a flattened release codec key (DROP, or None: unknown)."""
+    return _apply(_CODEC_RULES, key)
+
+
+def codec_source(target: str) -> Optional[str]:
+    """The release codec key(s) our TiCodecModel `target` comes from (for messages)."""
+    inverse = (
+        (r"generator\.(.*)\.weight", r"generator.\1.weight_g/weight_v"),
+        (r"generator\.(.*)", r"generator.\1"),
+        (r"quantizer\.codebook\.weight", "quantizer.quantizer_modules.0.embedding.weight"),
+        (r"quantizer\.global_codebooks\.(\d+)\.weight",
+         r"quantizer.quantizer_modules_globaltokens.\1.embedding.weight"),
+    )
+    return _apply(inverse, target)
