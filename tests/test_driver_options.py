@@ -67,6 +67,15 @@ def test_bpe_token_list_model_and_stage_7(bpe_recipe, monkeypatch):
     for utt, text in kt.read_kaldi_map("dump/raw16k/train/text").items():
         ids = prep(utt, {"text": text})["text"]
         assert len(ids) and 1 not in ids.tolist(), (utt, text)
+    # decoding reads the pieces back as words (no sentencepiece marks, no glued pieces)
+    from espnet_freeze_omni.inference.speech_input_inference import SpeechInputInference
+
+    listener = SpeechInputInference.from_files("exp/speech_input_stage1/config.yaml",
+                                               "exp/speech_input_stage1/valid.loss.best.pth")
+    utt, text = next(iter(kt.read_kaldi_map("dump/raw16k/train/text").items()))
+    assert listener.tokens_to_text(prep(utt, {"text": text})["text"].tolist()) == text
+    wav = listener.load(kt.read_kaldi_map("dump/raw16k/train/wav.scp")[utt])
+    assert "\u2581" not in listener.ctc_transcribe(wav)
 
 
 def test_word_token_list_keeps_the_training_words(bpe_recipe):

@@ -110,12 +110,22 @@ class SpeechInputInference:
     """Wraps a trained speech-input model (any of the three stages) for decoding."""
 
     def __init__(self, model: EncoderCTCModel, device: str = "cpu", max_new_tokens: int = 128,
-                 sample_rate: int = 16000):
+                 sample_rate: int = 16000, token_type: str = "char",
+                 bpemodel: Optional[str] = None):
         self.model = model.to(device).eval()
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.sample_rate = sample_rate  # what the frontend expects; callers resample to it
         self.template = ChatTemplate(model.llm.tokenizer) if model.needs_llm else None
+        # CTC tokens -> text as the training config tokenized (char, word or bpe pieces)
+        self.tokenizer = None
+        if token_type != "char":
+            from espnet2.text.build_tokenizer import build_tokenizer
+
+            if token_type == "bpe" and not (bpemodel and Path(bpemodel).is_file()):
+                raise FileNotFoundError(f"token_type bpe needs its sentencepiece model, "
+                                        f"bpemodel {bpemodel!r} is not a file")
+            self.tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel)
 
     @classmethod
     def from_files(cls, train_config: str | Path, model_file: str | Path, device: str = "cpu",
@@ -135,6 +145,8 @@ class SpeechInputInference:
         model = SpeechInputTask.build_model(argparse.Namespace(**conf))
         load_trained_state(model, model_file, train_config, device)
         kwargs.setdefault("sample_rate", _frontend_sample_rate(conf))
+        kwargs.setdefault("token_type", conf.get("token_type") or "char")
+        kwargs.setdefault("bpemodel", conf.get("bpemodel"))
         return cls(model, device=device, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -151,6 +163,8 @@ class SpeechInputInference:
 
     def tokens_to_text(self, ids: Sequence[int]) -> str:
         tokens = [self.model.token_list[i] for i in ids]
+        if self.tokenizer is not None:  # words joined by spaces, or sentencepiece pieces
+            return self.tokenizer.tokens2text(tokens).strip()
         return "".join(" " if t == "<space>" else t for t in tokens).strip()
 
     # ------------------------------------------------------------------ decoding

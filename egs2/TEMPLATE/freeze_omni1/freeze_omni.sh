@@ -1168,13 +1168,15 @@ pack_models() {
     need "$(speech_input_exp 3)/valid.loss.best.pth" 10 17
     need "$(speech_output_exp 3)/valid.loss.best.pth" 14 17
     mkdir -p "$(dirname "${out}")"
+    local token_files=()  # the CTC head's sentencepiece model, which config.yaml names
+    [ "${token_type}" = bpe ] && token_files=(--file "bpemodel=${bpemodel}")
     ${python} scripts/utils/pack_model.py --outpath "${out}" \
         --yaml "speech_input_config=$(speech_input_exp 3)/config.yaml" \
         --file "speech_input_model=$(speech_input_exp 3)/valid.loss.best.pth" \
         --yaml "speech_output_config=$(speech_output_exp 3)/config.yaml" \
         --file "speech_output_model=$(speech_output_exp 3)/valid.loss.best.pth" \
         --yaml "codec_conf=${codec_exp}/codec_conf.yaml" \
-        --file "feats_stats=${stats_dir}/train/feats_stats.npz" \
+        --file "feats_stats=${stats_dir}/train/feats_stats.npz" "${token_files[@]}" \
         --option RESULTS.md
     log "Stage 17: packed ${out} (the frozen LLM is referenced by path, not packed)"
 }
