@@ -159,8 +159,12 @@ class PacketDecoder:
                 audio, (self._boundary - half) * spt - offset,
                 (self._boundary + half) * spt - offset + 1, self.energy_window,
             ) + offset
-            # keep the whole crossfade inside the search region's audio
-            join = int(np.clip(join, self._emitted + self.crossfade, None))
+            # this packet must reach past what it already owes: the previous crossfade (its
+            # tail, emitted with this packet) and half of its own. Joins can meet when
+            # packets are as short as their overlap (the search regions then touch)
+            owed = self.crossfade if self._tail is None else \
+                self.crossfade + self.crossfade // 2
+            join = int(np.clip(join, self._emitted + owed, None))
             self.splice_points.append(join)
             end = join - self.crossfade // 2
             next_tail = audio[end - offset:end - offset + self.crossfade]
