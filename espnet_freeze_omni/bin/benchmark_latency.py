@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
+from espnet2.utils.nested_dict_action import NestedDictAction
 
 from espnet_freeze_omni.inference.random_model import (
     CONF_DIR,
@@ -598,6 +599,9 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--work_dir", type=str, default=None,
                        help="where the random models are built (kept, and reused when the "
                             "shapes match); default: a temporary dir")
+    group.add_argument("--packet_conf", action=NestedDictAction, default=dict(),
+                       help="PacketDecoder options over conf/decode.yaml's, e.g. "
+                            "--packet_conf first_packet=10 --packet_conf lookahead=5")
 
     group = parser.add_argument_group("Dialogues")
     group.add_argument("--dialogues", type=int, default=20)
@@ -685,6 +689,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                                             "seed", "min_segment_tokens", "long_segment_tokens",
                                             "packet_conf", "max_new_tokens") if k in decode}
     decode_kwargs["seed"] = args.seed
+    if args.packet_conf:
+        decode_kwargs["packet_conf"] = {**decode_kwargs.get("packet_conf", {}), **args.packet_conf}
     device = torch.device(args.device)
     trained = args.model_file is not None
     vad = args.vad == "on" or (args.vad == "auto" and trained)
@@ -736,6 +742,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     print(f"models: {describe_shapes(s2s)} (built/loaded in {build_s:.1f} s)")
     print(f"dialogues: {len(dialogues) - args.warmup} (+{args.warmup} warm-up) from {source}; "
           f"session: vad {'on' if vad else 'off'}, clock measured, feed {args.feed_seconds} s")
+    print(f"codec packets: {s2s.synthesizer.packet_conf or 'PacketDecoder defaults'}")
     for line in script.describe():
         print(f"  {line}")
 
@@ -762,6 +769,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         load_average=load,
         device=str(device), threads=torch.get_num_threads(), vad=vad,
         model_file=args.model_file, inputs=source, scripted=script.describe(),
+        packet_conf=dict(s2s.synthesizer.packet_conf),
         dialogues=len(records), answered=sum(1 for r in records if "first_pcm" in r["stages_ms"]),
         never_decided=sum(1 for r in records if not r["decided"]),
         interrupted=sum(1 for r in records if r["interrupted"]),
