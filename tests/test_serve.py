@@ -136,36 +136,45 @@ def wait_sessions(server, count, timeout=5.0):
 
 
 # ---------------------------------------------------------------------------- a real client
-def test_official_openai_client_gets_a_spoken_answer(server, s2s):
-    """The `openai` package's realtime connection, pointed at this server, unchanged."""
+def openai_client_turn(server, send, timeout=60):
+    """Connect the official `openai` client's realtime connection to this server, run
+    `send(connection)`, and return every server event up to response.done."""
     from openai import AsyncOpenAI
-
-    frames = [encode_pcm16(noise(0.1, seed=11 + i, rate=24000)) for i in range(12)]
-    # the server resamples 24 kHz to the model's 16 kHz with a streaming resampler
-    heard = StreamingResampler(24000, RATE).push(np.concatenate([decode_pcm16(f) for f in frames]))
-    role = "You are a terse assistant."
-    expected = single_session_answer(s2s, heard, system_role=role)
 
     async def talk():
         client = AsyncOpenAI(websocket_base_url=f"{server.ws_url[:-len('/realtime')]}",
                              api_key="x")
         events = []
         async with client.realtime.connect(model="freeze-omni") as connection:
-            await connection.session.update(session={
-                "type": "realtime", "instructions": role,
-                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
-                                    "turn_detection": None}}})
-            for frame in frames:
-                await connection.input_audio_buffer.append(audio=frame)
-            await connection.input_audio_buffer.commit()
-            await connection.response.create()
+            await send(connection)
             async for event in connection:
                 events.append(event)
                 if event.type == "response.done":
                     break
         return events
 
-    events = asyncio.run(asyncio.wait_for(talk(), 60))
+    return asyncio.run(asyncio.wait_for(talk(), timeout))
+
+
+def test_official_openai_client_gets_a_spoken_answer(server, s2s):
+    """The `openai` package's realtime connection, pointed at this server, unchanged."""
+    frames = [encode_pcm16(noise(0.1, seed=11 + i, rate=24000)) for i in range(12)]
+    # the server resamples 24 kHz to the model's 16 kHz with a streaming resampler
+    heard = StreamingResampler(24000, RATE).push(np.concatenate([decode_pcm16(f) for f in frames]))
+    role = "You are a terse assistant."
+    expected = single_session_answer(s2s, heard, system_role=role)
+
+    async def talk(connection):
+        await connection.session.update(session={
+            "type": "realtime", "instructions": role,
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                "turn_detection": None}}})
+        for frame in frames:
+            await connection.input_audio_buffer.append(audio=frame)
+        await connection.input_audio_buffer.commit()
+        await connection.response.create()
+
+    events = openai_client_turn(server, talk)
     kinds = [e.type for e in events]
     assert kinds[0] == "session.created" and "session.updated" in kinds
     assert kinds.index("response.created") < kinds.index("response.output_audio.delta")
@@ -181,29 +190,18 @@ def test_official_openai_client_gets_a_spoken_answer(server, s2s):
 def test_official_openai_client_typed_message_is_answered_as_text_in(server, s2s):
     """conversation.item.create (input_text) + response.create through the `openai` client:
     the answer is the text-in model's answer to that question, and it is spoken."""
-    from openai import AsyncOpenAI
-
     question = "where does anna live"
     expected = s2s.answer_text(question).text
 
-    async def talk():
-        client = AsyncOpenAI(websocket_base_url=f"{server.ws_url[:-len('/realtime')]}",
-                             api_key="x")
-        events = []
-        async with client.realtime.connect(model="freeze-omni") as connection:
-            await connection.session.update(session={
-                "type": "realtime", "audio": {"input": {"turn_detection": None}}})
-            await connection.conversation.item.create(item={
-                "type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": question}]})
-            await connection.response.create()
-            async for event in connection:
-                events.append(event)
-                if event.type == "response.done":
-                    break
-        return events
+    async def talk(connection):
+        await connection.session.update(session={
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await connection.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": question}]})
+        await connection.response.create()
 
-    events = asyncio.run(asyncio.wait_for(talk(), 60))
+    events = openai_client_turn(server, talk)
     kinds = [e.type for e in events]
     assert not [e for e in events if e.type == "error"], events
     added = [e for e in events if e.type == "conversation.item.added"]
