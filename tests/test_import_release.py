@@ -539,10 +539,11 @@ TICODEC_JSON = {"resblock": "1", "upsample_rates": [4, 3], "upsample_kernel_size
 TI_SPT = 12
 
 
-def release_codec_state(gen: torch.Generator, h=TICODEC_JSON):
+def release_codec_state(gen: torch.Generator, h=TICODEC_JSON, encoder=False):
     """A TiCodec checkpoint as the release stores it, written out by hand: every conv
     weight-normed (weight_g, weight_v; ConvTranspose1d weights are [in, out, k]), the
-    quantizer's codebooks, and a few encoder tensors (dropped by the importer)."""
+    quantizer's codebooks and, with `encoder`, the Encoder + GlobalTokenEncoder (needs four
+    stages: the release's encoder ends in a fixed 512-wide conv_post)."""
     def r(*shape, scale=0.1):
         return torch.randn(*shape, generator=gen) * scale
 
@@ -569,10 +570,35 @@ def release_codec_state(gen: torch.Generator, h=TICODEC_JSON):
     for j in range(h["global_code_num"]):
         q[f"quantizer_modules_globaltokens.{j}.embedding.weight"] = r(
             h["n_codes"], 128 // h["global_code_num"], scale=1.0)
-    enc = {"conv_pre.weight_g": r(32, 1, 1), "conv_pre.weight_v": r(32, 1, 7),
-           "conv_pre.bias": r(32), "GlobalTokenEncoder.fn.2.running_mean": r(128),
-           "GlobalTokenEncoder.fn.2.num_batches_tracked": torch.tensor(3)}
-    return {"generator": g, "quantizer": q, "encoder": enc}
+    if not encoder:
+        return {"generator": g, "quantizer": q}
+    g, gen_part = {}, g
+    wn("conv_pre", 32, 1, 7)
+    ch = 32
+    stages = list(zip(h["upsample_rates"], h["upsample_kernel_sizes"]))[::-1]
+    blocks = list(zip(h["resblock_kernel_sizes"], h["resblock_dilation_sizes"]))[::-1]
+    for i, (u, k) in enumerate(stages):
+        wn(f"ups.{i}", 2 * ch, ch, k)
+        ch *= 2
+        for j, (rk, rd) in enumerate(blocks):
+            m = i * len(blocks) + j
+            for n in range(len(rd)):
+                for convs in ("convs1", "convs2"):
+                    wn(f"resblocks.{m}.{convs}.{n}", ch, ch, rk)
+            g[f"normalize.{m}.weight"] = 1 + r(ch)
+            g[f"normalize.{m}.bias"] = r(ch)
+    g["conv_post.weight"], g["conv_post.bias"] = r(512, 512, 3, scale=0.05), r(512)
+    g["linear.0.weight"], g["linear.0.bias"] = r(128, 128), r(128)  # unused by the release
+    c_in, hid, c_out, k, _ = h["global_feature_conv"]
+    for n, (a, b) in zip((0, 2, 4), ((c_in, hid), (hid, hid), (hid, c_out))):
+        g[f"GlobalTokenEncoder.conv.{n}.weight"] = r(b, a, k, scale=0.2)
+    g["GlobalTokenEncoder.fn.0.weight"] = r(c_out, c_out, scale=0.3)
+    g["GlobalTokenEncoder.fn.0.bias"] = r(c_out)
+    g["GlobalTokenEncoder.fn.2.weight"], g["GlobalTokenEncoder.fn.2.bias"] = 1 + r(c_out), r(c_out)
+    g["GlobalTokenEncoder.fn.2.running_mean"] = r(c_out, scale=0.01)
+    g["GlobalTokenEncoder.fn.2.running_var"] = 0.001 + torch.rand(c_out, generator=gen) * 0.01
+    g["GlobalTokenEncoder.fn.2.num_batches_tracked"] = torch.tensor(3)
+    return {"generator": gen_part, "quantizer": q, "encoder": g}
 
 
 def write_release_codec(root: Path, state=None, h=None, seed=3):
@@ -649,8 +675,8 @@ def test_ticodec_is_converted_and_packed(ti_work):
         assert {"codec/config.yaml", "codec/ticodec.pth"} <= set(z.namelist())
     assert meta["yaml_files"]["codec_config"] == "codec/config.yaml"
     assert meta["files"]["codec_model"] == "codec/ticodec.pth"
-    assert "TiCodec" in provenance["codec"] and "encoder.* dropped" in provenance["codec"]
-    assert provenance["dropped"]["codec/final.pt"]["encoder.*"] == 5
+    assert "TiCodec" in provenance["codec"] and "decoding only" in provenance["codec"]
+    assert provenance["dropped"]["codec/final.pt"] == {"keys": [], "entries": []}
     codec = ti_work["s2s"].codec
     assert isinstance(codec, TiCodec)
     assert (codec.samples_per_token, codec.vocab_size, codec.sample_rate) == (TI_SPT, CODES, 24000)
@@ -696,7 +722,8 @@ def test_ticodec_decode_equals_the_written_out_reference(ti_work):
     # the global tokens matter: other ones give other audio
     other = codec.model(tokens[None], torch.zeros(1, 8, dtype=torch.long))[0]
     assert float((other - torch.from_numpy(wav)).abs().max()) > 1e-3
-    with pytest.raises(NotImplementedError, match="TiCodec encoding is not implemented"):
+    assert not codec.can_encode  # the fake release's checkpoint has no encoder entry
+    with pytest.raises(NotImplementedError, match="this TiCodec has no encoder"):
         codec.encode(np.zeros(48, dtype=np.float32), 24000)
 
 
@@ -800,3 +827,337 @@ def test_release_codec_vocabulary_must_be_the_decoders(work, tmp_path):
     with pytest.raises(ReleaseImportError, match=r"codec/model\.json: n_codes = 32, the "
                                                  r"release's decoder .* predicts 16"):
         import_release(release, work["llm"], tmp_path / "x.zip")
+
+
+# ---------------------------------------------------------------------------- TiCodec encoding
+# four stages (the release's Encoder doubles 32 channels per stage into a 512-wide conv_post),
+# 2 * 2 * 3 * 2 = 24 samples per token; one residual kernel keeps the 512-channel stage small
+TICODEC_ENC_JSON = dict(TICODEC_JSON, upsample_rates=[2, 2, 3, 2],
+                        upsample_kernel_sizes=[4, 4, 3, 4], resblock_kernel_sizes=[3],
+                        resblock_dilation_sizes=[[1, 2, 1]])
+TI_ENC_SPT = 24
+
+
+def reference_encode(enc, q, wav: torch.Tensor, h=TICODEC_ENC_JSON):
+    """The release's encoding written out with functional ops: (L,) audio -> (features
+    (512, T), local tokens (T,), global tokens (global_code_num,))."""
+    import torch.nn.functional as F
+
+    def w(name):
+        return torch._weight_norm(enc[name + ".weight_v"], enc[name + ".weight_g"], 0)
+
+    def lrelu(x, slope=0.1):
+        return F.leaky_relu(x, slope)
+
+    x = F.conv1d(wav[None, None], w("conv_pre"), enc["conv_pre.bias"], padding=3)
+    stages = list(zip(h["upsample_rates"], h["upsample_kernel_sizes"]))[::-1]
+    blocks = list(zip(h["resblock_kernel_sizes"], h["resblock_dilation_sizes"]))[::-1]
+    glob = None
+    for i, (u, k) in enumerate(stages):
+        x = F.conv1d(lrelu(x), w(f"ups.{i}"), enc[f"ups.{i}.bias"], stride=u,
+                     padding=(k - u) // 2)
+        acc = None
+        for j, (rk, rd) in enumerate(blocks):
+            m, y = i * len(blocks) + j, x
+            for n, d in enumerate(rd):
+                b = f"resblocks.{m}"
+                t = F.conv1d(lrelu(y), w(f"{b}.convs1.{n}"), enc[f"{b}.convs1.{n}.bias"],
+                             dilation=d, padding=d * (rk - 1) // 2)
+                y = y + F.conv1d(lrelu(t), w(f"{b}.convs2.{n}"), enc[f"{b}.convs2.{n}.bias"],
+                                 padding=(rk - 1) // 2)
+            acc = y if acc is None else acc + y
+            acc = F.group_norm(acc, x.size(1) // 16, enc[f"normalize.{m}.weight"],
+                               enc[f"normalize.{m}.bias"], eps=1e-6)
+        x = acc / len(blocks)
+        if i == len(stages) // 2 - 1:
+            kernel, stride = h["global_feature_conv"][3:]
+            z = x
+            for n in (0, 2, 4):
+                z = lrelu(F.conv1d(z, enc[f"GlobalTokenEncoder.conv.{n}.weight"], stride=stride,
+                                   padding=(kernel - stride) // 2))
+            z = lrelu(F.linear(z.mean(2), enc["GlobalTokenEncoder.fn.0.weight"],
+                               enc["GlobalTokenEncoder.fn.0.bias"]))
+            glob = F.batch_norm(z, enc["GlobalTokenEncoder.fn.2.running_mean"],
+                                enc["GlobalTokenEncoder.fn.2.running_var"],
+                                enc["GlobalTokenEncoder.fn.2.weight"],
+                                enc["GlobalTokenEncoder.fn.2.bias"], training=False)[0]
+    feats = F.conv1d(lrelu(x, 0.01), enc["conv_post.weight"], enc["conv_post.bias"],
+                     padding=1)[0]
+
+    def nearest(v, book):  # (N, D) against (V, D)
+        return torch.cdist(v.double()[None], book.double()[None])[0].argmin(1)
+
+    local = nearest(feats.t(), q["quantizer_modules.0.embedding.weight"])
+    pieces = glob.reshape(h["global_code_num"], -1)
+    globals_ = torch.stack([nearest(pieces[j:j + 1],
+                                    q[f"quantizer_modules_globaltokens.{j}.embedding.weight"])[0]
+                            for j in range(h["global_code_num"])])
+    return feats, local, globals_
+
+
+def _test_wav(n: int, seed=0) -> torch.Tensor:
+    t = torch.arange(n, dtype=torch.float32) / 24000
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    return 0.3 * torch.sin(2 * math.pi * (300 + 900 * t) * t) + 0.05 * noise
+
+
+@pytest.fixture(scope="module")
+def ti_enc(tmp_path_factory):
+    """A release codec/ with an encoder (TICODEC_ENC_JSON), converted."""
+    from espnet_freeze_omni.release.convert import convert_codec
+
+    root = tmp_path_factory.mktemp("ticodec_enc")
+    gen = torch.Generator().manual_seed(4)
+    state = release_codec_state(gen, TICODEC_ENC_JSON, encoder=True)
+    wav = _test_wav(40 * TI_ENC_SPT)
+    # local codebook rows near the encoder's outputs on `wav`, so the picks vary
+    feats = reference_encode(state["encoder"], state["quantizer"], wav)[0].t()
+    book = feats[torch.randint(0, feats.size(0), (CODES,), generator=gen)]
+    state["quantizer"]["quantizer_modules.0.embedding.weight"] = (
+        book + 0.3 * feats.std(0) * torch.randn(book.shape, generator=gen))
+    write_release_codec(root, state=state, h=TICODEC_ENC_JSON)
+    conf, ours, dropped, entries = convert_codec(root / "codec" / "model.json",
+                                                 root / "codec" / "final.pt")
+    return dict(root=root, state=state, wav=wav, conf=conf, ours=ours, dropped=dropped,
+                entries=entries)
+
+
+def test_ticodec_encoder_tensors_land_once(ti_enc):
+    from espnet_freeze_omni.codec.ticodec import TiCodecModel
+
+    src, ours = ti_enc["state"], ti_enc["ours"]
+    assert ti_enc["conf"].can_encode and ti_enc["conf"].global_feature_conv == [128, 64, 128, 3, 1]
+    assert sorted(ti_enc["dropped"]) == ["encoder.linear.0.bias", "encoder.linear.0.weight"]
+    assert ti_enc["entries"] == []
+    pairs = {part: sum(k.endswith("weight_g") for k in src[part]) for part in src}
+    expected = sum(len(src[part]) - pairs[part] for part in src) - 2  # - linear.0.*
+    assert len(ours) == expected == len(TiCodecModel(ti_enc["conf"]).state_dict())
+    enc = {k[len("encoder."):]: v for k, v in ours.items() if k.startswith("encoder.")}
+    for theirs, mine in (("normalize.3.weight", "normalize.3.weight"),
+                         ("conv_post.weight", "conv_post.weight"),
+                         ("GlobalTokenEncoder.conv.4.weight", "global_encoder.conv.4.weight"),
+                         ("GlobalTokenEncoder.fn.2.running_var", "global_encoder.fn.2.running_var"),
+                         ("GlobalTokenEncoder.fn.2.num_batches_tracked",
+                          "global_encoder.fn.2.num_batches_tracked")):
+        torch.testing.assert_close(enc[mine], src["encoder"][theirs], atol=0, rtol=0)
+    e = src["encoder"]
+    torch.testing.assert_close(enc["ups.2.weight"],
+                               torch._weight_norm(e["ups.2.weight_v"], e["ups.2.weight_g"], 0),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_ticodec_encode_equals_the_written_out_reference(ti_enc, tmp_path):
+    from espnet_freeze_omni.codec import load_codec
+    from espnet_freeze_omni.codec.ticodec import TiCodec
+
+    wav, src = ti_enc["wav"], ti_enc["state"]
+    feats, local, glob = reference_encode(src["encoder"], src["quantizer"], wav)
+    codec = TiCodec(ti_enc["conf"], ti_enc["ours"])
+    assert codec.can_encode
+    tokens = codec.encode(wav.numpy(), 24000)
+    assert tokens.shape == (40,) and tokens.dtype == np.int64
+    assert len(set(tokens.tolist())) > 4  # the picks vary
+    np.testing.assert_array_equal(tokens, local.numpy())
+    np.testing.assert_array_equal(codec.encode_global(wav.numpy(), 24000), glob.numpy())
+    with torch.no_grad():
+        mine_local, mine_glob, mine_feats = codec.model.encode(wav[None])
+    torch.testing.assert_close(mine_feats[0], feats, atol=1e-4, rtol=1e-4)
+    # saved and loaded as the packed model's codec dir (load_codec type ticodec)
+    codec.save(tmp_path / "codec")
+    again = load_codec({"type": "ticodec", "path": str(tmp_path / "codec")})
+    assert again.can_encode
+    np.testing.assert_array_equal(again.encode(wav.numpy(), 24000), tokens)
+    # the decoder takes the tokens back, with the utterance's own global tokens or the fixed
+    local2, glob2 = again.encode_with_global(wav.numpy(), 24000)
+    np.testing.assert_array_equal(local2, tokens)
+    out = again.model(torch.from_numpy(local2)[None], torch.from_numpy(glob2)[None])
+    assert out.shape == (1, 40 * TI_ENC_SPT)
+    # audio at another rate is resampled; a partial last token is zero-padded
+    assert again.encode(wav[:500].numpy(), 24000).shape == (-(-500 // TI_ENC_SPT),)
+    assert again.encode(wav[:640].numpy(), 16000).shape == (40,)  # 640 / 16 kHz = 960 / 24 kHz
+
+
+def test_ticodec_encoding_is_utterance_global(ti_enc):
+    from espnet_freeze_omni.codec.ticodec import TiCodec
+
+    codec = TiCodec(ti_enc["conf"], ti_enc["ours"])
+    wav = ti_enc["wav"].clone()
+    wav[wav.numel() // 2:] *= 3  # a louder second half
+    with torch.no_grad():
+        whole = codec.model.encode(wav[None])[2]
+        half = codec.model.encode(wav[None, :wav.numel() // 2])[2]
+    # GroupNorm statistics span the utterance: the first half's features depend on the second
+    assert float((whole[..., :half.size(-1)] - half).abs().max()) > 1e-3
+
+
+def test_ticodec_odd_kernel_encoder_gives_one_token_per_frame(tmp_path):
+    from espnet_freeze_omni.codec.ticodec import TiCodec
+    from espnet_freeze_omni.release.convert import convert_codec
+
+    h = dict(TICODEC_ENC_JSON, upsample_kernel_sizes=[4, 3, 3, 4])  # stage 2 -> 3: k - u odd
+    state = release_codec_state(torch.Generator().manual_seed(5), h, encoder=True)
+    write_release_codec(tmp_path, state=state, h=h)
+    conf, ours, _, _ = convert_codec(tmp_path / "codec" / "model.json",
+                                     tmp_path / "codec" / "final.pt")
+    codec = TiCodec(conf, ours)
+    wav = _test_wav(20 * TI_ENC_SPT)
+    frames = conf.encoder_frames(wav.numel())
+    assert frames < 20
+    with torch.no_grad():
+        assert codec.model.encode(wav[None])[0].shape == (1, frames)  # what the release gives
+    assert codec.encode(wav.numpy(), 24000).shape == (20,)  # zeros appended, then cut
+
+
+@pytest.mark.parametrize("state_edit,json_edit,pattern", [
+    (None, lambda h: h.pop("global_feature_conv"),
+     r"codec/model\.json: missing key 'global_feature_conv'"),
+    (None, lambda h: h.update(global_feature_conv=[64, 64, 128, 3, 1]),
+     r"codec/model\.json: global_feature_conv \[64, 64, 128, 3, 1\]: its input width must "
+     r"be 128"),
+    (lambda s: s["encoder"].pop("GlobalTokenEncoder.fn.2.running_var"), None,
+     r"codec/final\.pt: missing key\(s\) encoder\.GlobalTokenEncoder\.fn\.2\.running_var"),
+    (lambda s: s["encoder"].pop("ups.1.weight_v"), None,
+     r"codec/final\.pt: missing key encoder\.ups\.1\.weight_v"),
+    (lambda s: s["encoder"].update({"GlobalTokenEncoder.fn.1.weight": torch.zeros(1)}), None,
+     r"codec/final\.pt: unused key\(s\) .*encoder\.GlobalTokenEncoder\.fn\.1\.weight"),
+    (lambda s: s["encoder"].update({"conv_post.weight": torch.zeros(512, 256, 3)}), None,
+     r"codec/final\.pt: tensor encoder\.conv_post\.weight has shape \(512, 256, 3\), our "
+     r"encoder\.conv_post\.weight needs \(512, 512, 3\)"),
+])
+def test_malformed_release_codec_encoder_is_named(ti_enc, tmp_path, state_edit, json_edit,
+                                                  pattern):
+    import copy
+
+    from espnet_freeze_omni.release.convert import ReleaseImportError, convert_codec
+
+    state = {part: dict(values) for part, values in ti_enc["state"].items()}
+    h = copy.deepcopy(TICODEC_ENC_JSON)
+    if state_edit:
+        state_edit(state)
+    if json_edit:
+        json_edit(h)
+    write_release_codec(tmp_path, state=state, h=h)
+    with pytest.raises(ReleaseImportError, match=pattern):
+        convert_codec(tmp_path / "codec" / "model.json", tmp_path / "codec" / "final.pt")
+
+
+def test_two_stage_codec_with_an_encoder_is_refused(tmp_path):
+    from espnet_freeze_omni.release.convert import ReleaseImportError, convert_codec
+
+    state = release_codec_state(torch.Generator().manual_seed(3), TICODEC_JSON, encoder=True)
+    write_release_codec(tmp_path, state=state)
+    with pytest.raises(ReleaseImportError, match=r"codec/model\.json: upsample_rates \[4, 3\]: "
+                                                 r"the release's Encoder .* only with 4 stages"):
+        convert_codec(tmp_path / "codec" / "model.json", tmp_path / "codec" / "final.pt")
+
+
+# ---------------------------------------------------------------------------- streaming alignment
+def test_release_stream_alignment_leads_with_zero_samples_and_zero_frames():
+    """RELEASE.md difference 4: 240 zero samples before the first window, 3 raw zero frames
+    first (CMVN-normalized downstream), so the encoder's 16 + 3 windows are the release's
+    3 previous + 16 new frames. The default alignment stays the offline features."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
+    from espnet_freeze_omni.release.kaldi_fbank import KaldiFbankFrontend
+
+    wav = torch.from_numpy(np.random.RandomState(3).randn(6000).astype(np.float32) * 0.1)
+
+    def streamed(front, pieces=(0, 517, 1900, 1901, 4000, 6000)):
+        stream = streaming_frontend_for(front)
+        outs = []
+        for _ in range(2):  # a second utterance after flush starts the same way
+            chunks = [stream.push(wav[a:b].numpy()) for a, b in zip(pieces, pieces[1:])]
+            chunks.append(stream.flush())
+            outs.append(torch.cat(chunks, dim=1)[0])
+        return outs
+
+    def fbank(x):
+        return kaldi.fbank(x[None] * 32768, dither=0, frame_length=25, frame_shift=10,
+                           num_mel_bins=80)
+
+    default = KaldiFbankFrontend()
+    assert default.stream_alignment == "lookahead"
+    for out in streamed(default):
+        torch.testing.assert_close(out, fbank(wav), atol=1e-4, rtol=1e-5)
+    release = KaldiFbankFrontend(stream_alignment="release")
+    expected = torch.cat([torch.zeros(3, 80), fbank(torch.cat([torch.zeros(240), wav]))])
+    for out in streamed(release):
+        assert out.shape == (3 + 6000 // 160, 80)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+    # offline features ignore the option
+    torch.testing.assert_close(release(wav[None], torch.tensor([6000]))[0][0], fbank(wav),
+                               atol=0, rtol=0)
+    with pytest.raises(ValueError, match="stream_alignment must be one of"):
+        KaldiFbankFrontend(stream_alignment="ahead")
+
+
+def test_imported_config_selects_the_release_stream_alignment(s2s):
+    assert s2s.listener.model.frontend.stream_alignment == "release"
+
+
+# ---------------------------------------------------------------------------- LLM sampling
+def _release_allowed(logits, temperature, top_k, top_p):
+    """The token set and probabilities the release's rule leaves, by hand in float64."""
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = order[:top_k] if top_k else order
+    q = np.zeros_like(p)
+    q[keep] = p[keep] / p[keep].sum()
+    kept, total = [], 0.0
+    for i in np.argsort(-q, kind="stable"):
+        total += q[i]
+        if total > top_p and kept:
+            break
+        kept.append(int(i))
+    out = np.zeros_like(q)
+    out[kept] = q[kept] / q[kept].sum()
+    return set(kept), out
+
+
+@pytest.mark.parametrize("probs,temperature,top_k,top_p,allowed", [
+    # cumulative 0.5, 0.75, 0.9: the token crossing 0.8 (index 2) is dropped
+    ([0.5, 0.25, 0.15, 0.1], 1.0, 20, 0.8, {0, 1}),
+    # the likeliest alone is above p: it is kept, alone
+    ([0.05, 0.9, 0.05], 1.0, 20, 0.8, {1}),
+    # top-k first: of 30 near-equal tokens only the 20 likeliest, then top-p over those
+    (list(np.linspace(1.0, 1.3, 30)), 1.0, 20, 0.8, None),
+    # the default temperature 0.8 sharpens before the cuts
+    ([0.42, 0.3, 0.2, 0.08], 0.8, 20, 0.8, None),
+])
+def test_release_llm_sampling_follows_the_rule(probs, temperature, top_k, top_p, allowed):
+    from espnet_freeze_omni.inference.duplex_session import pick_token
+
+    logits = torch.log(torch.tensor(probs, dtype=torch.float64)).float()
+    expected_set, expected = _release_allowed(logits.double().numpy(), temperature, top_k, top_p)
+    if allowed is not None:
+        assert expected_set == allowed
+    gen = torch.Generator().manual_seed(0)
+    draws = [pick_token(logits, "release", temperature, top_k, top_p, gen) for _ in range(3000)]
+    counts = np.bincount(draws, minlength=len(probs)) / len(draws)
+    assert set(np.flatnonzero(counts)) == expected_set
+    np.testing.assert_allclose(counts, expected, atol=0.04)
+    # the same seed, the same picks; greedy stays the argmax
+    again = torch.Generator().manual_seed(0)
+    assert [pick_token(logits, "release", temperature, top_k, top_p, again)
+            for _ in range(50)] == draws[:50]
+    assert pick_token(logits) == int(np.argmax(probs))
+
+
+def test_session_options_llm_sampling_default_and_checks():
+    from espnet_freeze_omni.inference.duplex_session import DuplexSession, SessionOptions
+
+    options = SessionOptions().check()
+    assert (options.llm_sampling, options.llm_temperature, options.llm_top_k,
+            options.llm_top_p) == ("greedy", 0.8, 20, 0.8)
+    for bad in (dict(llm_sampling="nucleus"), dict(llm_temperature=0.0), dict(llm_top_p=1.5)):
+        with pytest.raises(ValueError, match="llm_"):
+            SessionOptions(**bad).check()
+    # a session picks with its options and its own generator
+    session = DuplexSession.__new__(DuplexSession)
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    session.options, session.llm_generator = options, torch.Generator().manual_seed(1)
+    assert {session.pick_token(logits) for _ in range(20)} == {0}
+    session.options = SessionOptions(llm_sampling="release", llm_temperature=1.0).check()
+    assert {session.pick_token(logits) for _ in range(200)} == {0, 1}

@@ -13,6 +13,10 @@ instantiated and randomized, their state_dicts go through our converter's key ma
     encoder           streaming, the release's `infer` chunk by chunk vs our forward_chunk
                       (position_mode release); both get the same 19-frame windows, so the
                       streaming alignment (RELEASE.md difference 4) is not part of it
+    alignment         the same encoders on the same audio, each side streaming its own way:
+                      the release demo's audioEncoderProcessor (bin/inference.py, compiled
+                      from the checkout at run time) + `infer` vs our KaldiStreamingFrontend
+                      with `stream_alignment: release` + global MVN + forward_chunk
     adapter           streaming, with each side's conv cache
     state head        probabilities (softmax of the first 3 logits) on the same hidden
                       states, and how many chunk decisions the two rules agree on
@@ -22,7 +26,12 @@ instantiated and randomized, their state_dicts go through our converter's key ma
                       from a release-format codec/{model.json, final.pt} with random
                       weight-normed weights (remove_weight_norm applied, as llm2tts does),
                       vs our converter (convert_codec) + TiCodec.decode; at the release's
-                      architecture sizes and at a tiny one with an odd kernel - rate
+                      architecture sizes and at tiny ones with an odd kernel - rate
+    codec encoding    the release's VQVAE.encode vs ours (TiCodecModel.encode) on the same
+                      2 s waveform: max abs diff of the Encoder's continuous output and of
+                      the global vector, and the number of local / global token ids that
+                      differ (codebooks spread like the encoder outputs, BatchNorm running
+                      statistics random)
 
 Target: <= 1e-4 in float32. Shims (API drift only, no release code changed): the release's
 encoder moves its position table to 'cuda' unconditionally (kept on CPU here when there
@@ -209,6 +218,10 @@ def main(argv=None) -> int:
     first = min(17 * CHUNK, enc_out.size(1))
     results["encoder, first 17 chunks"] = max_diff(enc_out[:, :first], ours_enc[:, :first])
     results["adapter (streaming)"] = max_diff(ad_out, ours_ad)
+    aligned = streaming_alignment_parity(src, wav, release_encoder, encoder, normalize_stats=(
+        mean.double().numpy(), istd.double().numpy()))
+    if aligned is not None:
+        results.update(aligned[0])
     # for contrast: the same weights under our recipe's relative positions
     relative = StreamingChunkEncoder(80, output_size=D, attention_heads=HEADS, linear_units=UNITS,
                                      num_blocks=BLOCKS, chunk_size=CHUNK, left_chunks=LEFT,
@@ -245,15 +258,91 @@ def main(argv=None) -> int:
 
     print(f"release code: {src}")
     for name, value in results.items():
+        if "mismatches" in name:  # counts of differing token ids
+            print(f"  {name:45s} {int(value)} differ  {'ok' if value == 0 else 'DIFFERS'}")
+            continue
         flag = "ok" if value <= 1e-4 else "DIFFERS"
         print(f"  {name:45s} max |diff| = {value:.3e}  {flag}")
     print(f"  (our recipe's relative positions, same weights: encoder max |diff| = "
           f"{contrast:.3e})")
+    if aligned is not None:
+        print(f"  (our default look-ahead alignment on the same audio: encoder max |diff| = "
+              f"{aligned[1]:.3e})")
     if texts is not None:
         print(f"  decoder text normalisation: {texts[0]}/{texts[1]} sample texts identical")
     print(f"  state decisions, release rule: {agree}/{len(our_probs)} agree "
           f"(argmax would agree on {argmax_agree})")
     return 0
+
+
+def release_audio_processor(src: Path):
+    """The release demo's streaming feature class (bin/inference.py audioEncoderProcessor),
+    compiled from the checkout at run time without importing the script (whose imports
+    need the web demo and a GPU)."""
+    import ast
+
+    import torchaudio.compliance.kaldi as kaldi
+
+    path = src / "bin" / "inference.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = [n for n in tree.body
+             if isinstance(n, ast.ClassDef) and n.name == "audioEncoderProcessor"]
+    if not nodes:
+        return None
+    namespace = {"torch": torch, "k": kaldi}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["audioEncoderProcessor"]
+
+
+def streaming_alignment_parity(src: Path, wav: torch.Tensor, release_encoder, encoder,
+                               normalize_stats):
+    """RELEASE.md difference 4: the release's own streaming (its demo's feature processor,
+    2560-sample chunks -> 3 previous + 16 new frames -> encoder.infer) against our session
+    path (KaldiStreamingFrontend with stream_alignment 'release', in 1000-sample pieces ->
+    global MVN -> forward_chunk) on the same audio. Returns ({name: diff}, diff of our
+    default look-ahead alignment) or None when the release's processor is missing."""
+    from espnet2.layers.global_mvn import GlobalMVN
+
+    from espnet_freeze_omni.release.convert import write_stats
+    from espnet_freeze_omni.release.kaldi_fbank import (
+        KaldiFbankFrontend, KaldiStreamingFrontend)
+
+    processor_cls = release_audio_processor(src)
+    if processor_cls is None:
+        print("release bin/inference.py has no audioEncoderProcessor: alignment not checked")
+        return None
+    processor = processor_cls()
+    step = processor.get_chunk_size()
+    padded = torch.zeros(-(-wav.numel() // step) * step)  # as the demo pads its input
+    padded[:wav.numel()] = wav
+    with tempfile.TemporaryDirectory() as tmp:
+        write_stats(Path(tmp) / "stats.npz", *normalize_stats)
+        normalize = GlobalMVN(Path(tmp) / "stats.npz")
+
+    def ours(alignment):
+        stream = KaldiStreamingFrontend(KaldiFbankFrontend(stream_alignment=alignment))
+        feats = torch.cat([stream.push(padded[i:i + 1000]) for i in
+                           range(0, padded.numel(), 1000)], dim=1)
+        feats, _ = normalize(feats.clone(), torch.tensor([feats.size(1)]))
+        out, _ = encoder.forward_chunk(feats.float(), encoder.init_streaming_state(1))
+        return out
+
+    import warnings
+    with torch.no_grad(), cpu_for_cuda(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its torch.tensor(tensor) copy warning
+        buffer, pe_index, theirs = [None] * BLOCKS, 0, []
+        for start in range(0, padded.numel(), step):
+            window = processor.process(padded[start:start + step])
+            out, buffer, _, _, pe_index = release_encoder.infer(window, buffer, 0, None,
+                                                                pe_index)
+            theirs.append(out)
+        theirs = torch.cat(theirs, 1)
+        mine, lookahead = ours("release"), ours("lookahead")
+    chunks = padded.numel() // step
+    name = f"encoder, release streaming alignment ({chunks} chunks of {step} samples)"
+    common = min(theirs.size(1), lookahead.size(1))
+    return ({name: max_diff(theirs, mine)},
+            max_diff(theirs[:, :common], lookahead[:, :common]))
 
 
 TEXTS = ["Hello there, how are you", "Steps: 1. open the door 2. go in.", "(a) list\n\tthis*",
@@ -336,8 +425,10 @@ def decoder_parity(LLM2TTSCodecAR, convert_decoder, gen):
     return {f"speech decoder logits ({len(codes) + 1} steps)": max_diff(theirs, mine)}
 
 
-# the release's codec/model.json architecture (HiFi-GAN v1 sizes, 8 * 5 * 5 * 3 = 600) and a
-# tiny one whose second stage has an odd kernel - rate (one extra sample, trimmed by ours)
+# the release's codec/model.json architecture (HiFi-GAN v1 sizes, 8 * 5 * 5 * 3 = 600), a
+# tiny one whose second stage has an odd kernel - rate (one extra sample, trimmed by ours; two
+# stages: the release's Encoder cannot run it, so no encoder there) and a tiny 4-stage one
+# with an odd kernel - rate whose encoder makes fewer frames than samples / 24
 CODEC_CONFIGS = {
     "release sizes": dict(upsample_rates=[8, 5, 5, 3], upsample_kernel_sizes=[16, 11, 11, 5],
                           upsample_initial_channel=512, resblock_kernel_sizes=[3, 7, 11],
@@ -345,7 +436,12 @@ CODEC_CONFIGS = {
     "tiny, odd k-u": dict(upsample_rates=[4, 3], upsample_kernel_sizes=[8, 4],
                           upsample_initial_channel=256, resblock_kernel_sizes=[3, 5],
                           resblock_dilation_sizes=[[1, 2, 1], [1, 1, 1]], tokens=40),
+    "tiny 4 stages, odd k-u": dict(upsample_rates=[2, 2, 3, 2],
+                                   upsample_kernel_sizes=[4, 3, 3, 4],
+                                   upsample_initial_channel=256, resblock_kernel_sizes=[3, 5],
+                                   resblock_dilation_sizes=[[1, 2, 1], [1, 1, 1]], tokens=40),
 }
+ENCODE_SECONDS = 2.0
 
 
 def codec_parity(src: Path, gen: torch.Generator):
@@ -370,13 +466,45 @@ def codec_parity(src: Path, gen: torch.Generator):
                      sampling_rate=24000,
                      global_tokens=[int(t) for t in torch.randint(0, 1024, (8,), generator=gen)],
                      **sizes)
-        parts = {"generator": Generator(h), "quantizer": Quantizer(h), "encoder": Encoder(h)}
+        encodes = len(sizes["upsample_rates"]) == 4  # the release's Encoder needs 32 * 2^4
+        parts = {"generator": Generator(h), "quantizer": Quantizer(h)}
+        if encodes:
+            parts["encoder"] = Encoder(h)
         for part in parts.values():
             randomize(part, gen)
             with torch.no_grad():  # weight-norm gains near 1: a signal that neither dies out
                 for pname, p in part.named_parameters():  # nor saturates the tanh
                     if pname.endswith("weight_g"):
                         p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.1)
+                for bname, b in part.named_buffers():  # BatchNorm statistics that matter
+                    if bname.endswith("running_mean"):
+                        b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+                    elif bname.endswith("running_var"):
+                        b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+        wav = None
+        if encodes:
+            # a waveform with some structure (two chirps + noise), whole tokens long; codebooks
+            # spread like the encoder's outputs on it, so the picks are not all one row
+            spt = int(np.prod(sizes["upsample_rates"]))
+            n = int(ENCODE_SECONDS * 24000) // spt * spt
+            t = torch.arange(n, dtype=torch.float32) / 24000
+            wav = (0.3 * torch.sin(2 * np.pi * (200 + 300 * t) * t)
+                   + 0.2 * torch.sin(2 * np.pi * (1500 - 400 * t) * t)
+                   + 0.05 * torch.randn(n, generator=gen))[None]
+            with torch.no_grad():
+                feats, global_vec = parts["encoder"].eval()(wav[:, None])
+                quantizer = parts["quantizer"]
+                books = [(quantizer.quantizer_modules[0], feats)] + [
+                    (m, global_vec) for m in quantizer.quantizer_modules_globaltokens]
+                for book, ref in books:
+                    w = book.embedding.weight
+                    w.copy_(ref.mean() + ref.std() * torch.randn(w.shape, generator=gen))
+                # the local rows: frames of the encoder output plus noise, near real outputs
+                frames = feats[0].t()
+                pick = torch.randint(0, frames.size(0), (w.size(0),), generator=gen)
+                local_book = quantizer.quantizer_modules[0].embedding.weight
+                local_book.copy_(frames[pick] + 0.5 * frames.std(0) * torch.randn(
+                    local_book.shape, generator=gen))
         with tempfile.TemporaryDirectory() as tmp:
             codec_dir = Path(tmp) / "codec"
             codec_dir.mkdir()
@@ -384,8 +512,10 @@ def codec_parity(src: Path, gen: torch.Generator):
             torch.save({k: v.state_dict() for k, v in parts.items()}, codec_dir / "final.pt")
             with contextlib.redirect_stdout(None):  # its remove_weight_norm prints
                 release = VQVAE(str(codec_dir / "model.json"), str(codec_dir / "final.pt"),
-                                with_encoder=True).eval()
+                                with_encoder=encodes).eval()
                 release.generator.remove_weight_norm()
+                if encodes:
+                    release.encoder.remove_weight_norm()  # as llm2tts does
             conf, state, _, _ = convert_codec(codec_dir / "model.json", codec_dir / "final.pt")
         ours = TiCodec(conf, state)
         tokens = torch.randint(0, 1024, (num_tokens,), generator=gen)
@@ -399,7 +529,35 @@ def codec_parity(src: Path, gen: torch.Generator):
         results[key] = max_diff(theirs[:mine.numel()], mine)
         print(f"  codec {name}: PCM rms {float(mine.pow(2).mean().sqrt()):.3f}, "
               f"context_tokens {ours.context_tokens}")
+        if encodes:
+            results.update(encode_parity(name, release, ours, wav))
     return results
+
+
+def encode_parity(name: str, release, ours, wav: torch.Tensor):
+    """The release's VQVAE.encode (and its Encoder's continuous output) vs ours on `wav`."""
+    with torch.no_grad():
+        feats, global_vec = release.encoder(wav[:, None])
+        local, glob = release.encode(wav)  # (1, T, 1), (1, 1, global_code_num)
+        mine_local, mine_glob, mine_feats = ours.model.encode(wav)
+        mine_vec = ours.model.encoder(wav)[1]
+    local, glob = local[..., 0], glob[:, 0]
+    same = int((local == mine_local).sum())
+    tag = f"{name}, {wav.size(1)} samples -> {local.size(1)} frames"
+    print(f"  codec encode {tag}: local tokens {same}/{local.numel()} equal "
+          f"({len(set(local.flatten().tolist()))} distinct ids), global tokens "
+          f"{'equal' if torch.equal(glob, mine_glob) else 'DIFFER'} "
+          f"({glob.flatten().tolist()} / {mine_glob.flatten().tolist()})")
+    # ours through AbsCodec.encode: n = samples / spt tokens (zeros appended if short)
+    via_codec = ours.encode(wav[0].numpy(), 24000)
+    common = min(len(via_codec), local.size(1))
+    print(f"  codec encode {name}: TiCodec.encode gives {len(via_codec)} tokens, "
+          f"{int((torch.from_numpy(via_codec[:common]) == local[0, :common]).sum())}/{common} "
+          "equal to the release's")
+    return {f"codec encoder output, {tag}": max_diff(feats, mine_feats),
+            f"codec global vector, {name}": max_diff(global_vec, mine_vec),
+            f"codec local token mismatches, {name}": float(local.numel() - same),
+            f"codec global token mismatches, {name}": float((glob != mine_glob).sum())}
 
 
 if __name__ == "__main__":

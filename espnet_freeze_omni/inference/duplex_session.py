@@ -78,6 +78,7 @@ EVENT_TYPES = ("speech_started", "speech_stopped", "state", "turn_ended", "ignor
 TURN_DETECTION = ("state_head", "vad", "manual")
 CLOCKS = ("audio", "measured")
 STATE_RULES = ("argmax", "release")
+LLM_SAMPLINGS = ("greedy", "release")
 
 
 def decide_state(probs: torch.Tensor, rule: str = "argmax") -> int:
@@ -89,6 +90,31 @@ def decide_state(probs: torch.Tensor, rule: str = "argmax") -> int:
             return STATE_IGNORE
         return STATE_RESPOND if float(probs[STATE_RESPOND]) > 0.5 else STATE_LISTEN
     return int(probs.argmax())
+
+
+def pick_token(logits: torch.Tensor, sampling: str = "greedy", temperature: float = 0.8,
+               top_k: int = 20, top_p: float = 0.8,
+               generator: Optional[torch.Generator] = None) -> int:
+    """The answer token for next-token `logits` (V,). "greedy": the likeliest. "release": the
+    authors' sampling: softmax(logits / temperature); keep the `top_k` likeliest (0: all),
+    renormalize; then, over the probabilities sorted in descending order, drop every token
+    whose cumulative probability exceeds `top_p` (so the token crossing p is dropped too)
+    but always keep the likeliest one (top_p 0: no cut), renormalize; draw one token with
+    `generator`."""
+    if sampling == "greedy":
+        return int(logits.argmax())
+    probs = torch.softmax(logits.detach().float().cpu() / temperature, dim=-1)
+    if 0 < top_k < probs.numel():
+        values, index = probs.topk(top_k)
+        probs = torch.zeros_like(probs).scatter_(0, index, values)
+        probs = probs / probs.sum()
+    if top_p > 0.0:
+        ordered, order = probs.sort(descending=True)
+        drop = ordered.cumsum(0) > top_p
+        drop[0] = False
+        probs[order[drop]] = 0.0
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @dataclasses.dataclass
@@ -151,10 +177,24 @@ class SessionOptions:
     # how a chunk's state probabilities decide (decide_state); None: the model's own
     # `state_rule` (an imported release model says "release"), else "argmax"
     state_rule: Optional[str] = None
+    # how answer tokens are picked (pick_token): "greedy", or "release": the authors'
+    # temperature / top-k / top-p sampling with the values below, drawn from this session's
+    # own seeded generator (`llm_generator`, seeded by `reseed`)
+    llm_sampling: str = "greedy"
+    llm_temperature: float = 0.8
+    llm_top_k: int = 20
+    llm_top_p: float = 0.8
 
     def check(self) -> "SessionOptions":
         if self.state_rule is not None and self.state_rule not in STATE_RULES:
             raise ValueError(f"state_rule must be one of {STATE_RULES}, got {self.state_rule!r}")
+        if self.llm_sampling not in LLM_SAMPLINGS:
+            raise ValueError(f"llm_sampling must be one of {LLM_SAMPLINGS}, "
+                             f"got {self.llm_sampling!r}")
+        if self.llm_temperature <= 0 or self.llm_top_k < 0 or not 0 <= self.llm_top_p <= 1:
+            raise ValueError("llm_temperature must be > 0, llm_top_k >= 0 and llm_top_p in "
+                             f"[0, 1], got {self.llm_temperature}, {self.llm_top_k}, "
+                             f"{self.llm_top_p}")
         if self.turn_detection not in TURN_DETECTION:
             raise ValueError(f"turn_detection must be one of {TURN_DETECTION}, "
                              f"got {self.turn_detection!r}")
@@ -271,7 +311,7 @@ class _ListenBranch:
 
 
 class _Answer:
-    """One assistant turn: greedy LLM tokens -> segments -> codec tokens -> PCM packets."""
+    """One assistant turn: LLM tokens (pick_token) -> segments -> codec tokens -> PCM packets."""
 
     def __init__(self, session: "DuplexSession", answer_id: int, cache, turn: _Turn,
                  decided_at: float):
@@ -330,7 +370,7 @@ class _Answer:
             ids = torch.tensor([[self.tokens[-1]]], device=session.device)
             out = llm.extend(llm.embed_tokens(ids), self.cache, logits_to_keep=1)
             self.fed += 1
-        token = int(out.logits[0, -1].argmax())
+        token = session.pick_token(out.logits[0, -1])
         events = []
         if token in session.stop_ids or len(self.tokens) >= session.max_new_tokens:
             self.llm_done = True
@@ -566,6 +606,7 @@ class DuplexSession:
         # codec-token sampling of this session alone: sessions sharing one model (a server)
         # neither share a random stream nor depend on each other's order
         self.generator = torch.Generator()
+        self.llm_generator = torch.Generator()  # answer-token sampling (llm_sampling release)
         self.reseed("session")
 
     # ------------------------------------------------------------------ helpers
@@ -623,6 +664,14 @@ class DuplexSession:
         """Seed this session's codec-token sampling from the model's seed and `key` (e.g. an
         utterance id), so what it says does not depend on what was decoded before."""
         self.generator.manual_seed(self.s2s.seed * 1_000_003 + zlib.crc32(key.encode()))
+        self.llm_generator.manual_seed(self.s2s.seed * 1_000_003
+                                       + zlib.crc32(("llm/" + key).encode()))
+
+    def pick_token(self, logits: torch.Tensor) -> int:
+        """The next answer token (SessionOptions.llm_sampling; greedy by default)."""
+        o = self.options
+        return pick_token(logits, o.llm_sampling, o.llm_temperature, o.llm_top_k, o.llm_top_p,
+                          self.llm_generator)
 
     @torch.no_grad()
     def pump(self, budget_seconds: float = 0.02) -> List[SessionEvent]:

@@ -3,7 +3,7 @@
     release_dir/
         audiollm/train.yaml, audiollm/global_cmvn, audiollm/final.pt   speech input
         decoder/model.json, decoder/final.pt                           speech decoder
-        codec/model.json, codec/final.pt                               TiCodec (decoding)
+        codec/model.json, codec/final.pt                               TiCodec
         server.json                                                    optional
     + the LLM folder (Qwen2-7B-Instruct) -> a zip in the format of recipe stage 17, loaded by
     Speech2Speech.from_pretrained(zip, llm_path=...), its session and bin/speech2speech.
@@ -27,8 +27,10 @@ What is converted (keymap.py has the names):
   * the codec (without `codec_dir`): TiCodec's `generator.*` (weight_norm folded into plain
     weights, w = g * v / ||v||) and the quantizer's local + global codebooks become our
     `ticodec` codec (codec/ticodec.py), packed as codec/config.yaml + codec/ticodec.pth with
-    the model.json's fixed `global_tokens`. Its `encoder.*` (Encoder, GlobalTokenEncoder)
-    is dropped, logged: encoding is not implemented. With `codec_dir`, one of our codecs is
+    the model.json's fixed `global_tokens`. Its `encoder.*` (Encoder with GroupNorms,
+    GlobalTokenEncoder with its BatchNorm running statistics) is converted the same way
+    (weight_norm folded), so the codec also encodes; the Encoder's `linear.0.*`, which its
+    forward never calls, is dropped. With `codec_dir`, one of our codecs is
     packed instead (its vocabulary must equal the decoder's).
 
 Every tensor of a release checkpoint must land in exactly one place: an unknown key, a key
@@ -248,7 +250,7 @@ def speech_input_config(train_yaml: Path, state: Dict[str, torch.Tensor],
                        "task_num": rows("task_embeddings.weight"),
                        "state_rule": "release"},
         "frontend": "kaldi_fbank",
-        "frontend_conf": {"fs": 16000, "n_mels": input_dim},
+        "frontend_conf": {"fs": 16000, "n_mels": input_dim, "stream_alignment": "release"},
         "specaug": None,
         "normalize": "global_mvn",
         "encoder": "streaming_chunk",
@@ -401,15 +403,14 @@ CODEC_GROUPS = ("generator", "quantizer", "encoder")
 
 def convert_codec(model_json: Path, checkpoint: Path):
     """(TiCodecConfig, our TiCodecModel state_dict, dropped keys, dropped entries) of the
-    release's codec/{model.json, final.pt}. Refusals name the file and the key/tensor."""
+    release's codec/{model.json, final.pt}. Refusals name the file and the key/tensor.
+    With an `encoder` entry the config gets model.json's `global_feature_conv` and the model
+    its encoder (every tensor but the unused `encoder.linear.0.*`); without one, the
+    model only decodes."""
     from espnet_freeze_omni.codec.ticodec import TiCodecConfig, TiCodecModel, fold_weight_norm
 
     if not model_json.is_file():
         raise ReleaseImportError(f"{model_json}: file not found")
-    try:
-        conf = TiCodecConfig.from_release_json(model_json)
-    except ValueError as e:
-        raise ReleaseImportError(str(e)) from None
     if not checkpoint.is_file():
         raise ReleaseImportError(f"{checkpoint}: file not found")
     try:
@@ -434,6 +435,10 @@ def convert_codec(model_json: Path, checkpoint: Path):
     for group in ("generator", "quantizer"):
         if group not in raw:
             raise ReleaseImportError(f"{checkpoint}: missing entry {group!r}")
+    try:  # the encoder's global_feature_conv is read (and checked) only when there is one
+        conf = TiCodecConfig.from_release_json(model_json, with_encoder="encoder" in raw)
+    except ValueError as e:
+        raise ReleaseImportError(str(e)) from None
 
     model = TiCodecModel(conf)
     target = model.state_dict()
@@ -516,11 +521,15 @@ def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
             raise ReleaseImportError(
                 f"{files['codec_json']}: n_codes = {ticodec[0].n_codes}, the release's decoder "
                 f"(decoder/model.json odim) predicts {vocab}")
-        logging.warning(
-            "%s: dropped %d encoder tensors (encoder.*: TiCodec's Encoder and "
-            "GlobalTokenEncoder; encoding is not implemented, the packed codec only decodes)%s",
-            files["codec"], len(ticodec[2]),
-            f" and the training-only entries {', '.join(ticodec[3])}" if ticodec[3] else "")
+        if ticodec[0].can_encode:
+            logging.info("%s: encoder converted; dropped %s (unused by the release's "
+                         "Encoder.forward)%s", files["codec"], ", ".join(ticodec[2]) or "nothing",
+                         f" and the training-only entries {', '.join(ticodec[3])}"
+                         if ticodec[3] else "")
+        else:
+            logging.warning("%s: no 'encoder' entry: the packed codec only decodes%s",
+                            files["codec"], f" (dropped the training-only entries "
+                            f"{', '.join(ticodec[3])})" if ticodec[3] else "")
     elif files["codec"].is_file():
         logging.info("%s not converted: packing the codec_dir %s instead", files["codec"],
                      codec_dir)
@@ -567,14 +576,15 @@ def import_release(release_dir, llm_path, out, codec_dir=None, codec_model=None,
             TiCodec(ticodec[0], ticodec[1]).save(
                 staging / "codec", provenance={"converted_from": str(files["codec"])})
             codec_yaml, codec_weights = f"codec/{CONFIG_FILE}", f"codec/{WEIGHTS_FILE}"
-            codec_note = ("TiCodec, converted (decoding only: encoder.* dropped, encoding is "
-                          "not implemented)")
+            codec_note = ("TiCodec, converted (encoding and decoding)" if ticodec[0].can_encode
+                          else "TiCodec, converted (decoding only: the checkpoint has no "
+                               "encoder)")
         provenance = {
             "release_dir": str(release_dir.absolute()),
             "converted_from": {k: str(v) for k, v in files.items() if v.is_file()},
             "cmvn_from": cmvn_from,
             "dropped": {"audiollm/final.pt": len(dropped), "decoder/final.pt": dec_dropped,
-                        **({"codec/final.pt": {"encoder.*": len(ticodec[2]),
+                        **({"codec/final.pt": {"keys": ticodec[2],
                                                "entries": ticodec[3]}} if ticodec else {})},
             "synthesized": {"ctc.ctc_lo": "zeros over <blank> <unk> <sos/eos>: CTC outputs "
                                           "of an imported model are meaningless"},

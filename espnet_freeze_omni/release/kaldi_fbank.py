@@ -13,9 +13,18 @@ Every frame depends only on its own 400 samples, so streaming is exact:
 this frontend) emits each frame as soon as its last sample has arrived, and ``push`` + ``flush``
 outputs equal the offline features of the whole utterance.
 
-Not reproduced: the release's streaming alignment (240 zero samples before the first
-window, and chunks of 3 previous + 16 new frames instead of our 16 + 3 look-ahead frames;
-RELEASE.md difference 4).
+Streaming alignment (RELEASE.md difference 4), ``stream_alignment`` of the frontend:
+
+* ``"lookahead"`` (default): the stream is the offline features; the encoder's chunk of
+  16 frames reads 3 frames ahead (output frame t sees fbank frames 4t .. 4t+6).
+* ``"release"`` (set by the release importer): as the release's demo code streams,
+  ``win - hop`` (240 at 16 kHz) zero samples come before the first window, and the
+  stream starts with 3 all-zero *raw* frames (the model's CMVN normalizes them, as the
+  release normalizes its zero-initialized 3-frame overlap). The encoder's unchanged
+  16 + 3 windowing then reads, per chunk, the 3 previous + 16 new frames the release
+  feeds, so output frame t sees fbank frames 4t-3 .. 4t+3 of the zero-prefixed audio.
+
+The offline ``forward`` (training, whole-utterance encoding) ignores ``stream_alignment``.
 """
 from __future__ import annotations
 
@@ -26,6 +35,9 @@ import torch
 from espnet2.asr.frontend.abs_frontend import AbsFrontend
 
 FRONTEND_NAME = "kaldi_fbank"
+STREAM_ALIGNMENTS = ("lookahead", "release")
+# the release's chunk overlap: the encoder's conv context (receptive field 7 - rate 4)
+RELEASE_LEAD_FRAMES = 3
 
 
 def kaldi_fbank(wav: torch.Tensor, fs: int, n_mels: int, frame_length_ms: float,
@@ -48,9 +60,14 @@ class KaldiFbankFrontend(AbsFrontend):
 
     def __init__(self, fs: Union[int, str] = 16000, n_mels: int = 80,
                  frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0,
-                 scale: float = 32768.0):
+                 scale: float = 32768.0, stream_alignment: str = "lookahead"):
         super().__init__()
         from espnet_freeze_omni.data.audio import parse_sample_rate
+
+        if stream_alignment not in STREAM_ALIGNMENTS:
+            raise ValueError(f"stream_alignment must be one of {STREAM_ALIGNMENTS}, got "
+                             f"{stream_alignment!r}")
+        self.stream_alignment = stream_alignment
 
         self.fs = parse_sample_rate(fs)
         self.n_mels = n_mels
@@ -90,7 +107,10 @@ class KaldiFbankFrontend(AbsFrontend):
 
 class KaldiStreamingFrontend:
     """Streaming twin of KaldiFbankFrontend, with StreamingFrontend's interface
-    (``push``, ``flush``, ``reset``, ``num_frames``, ``sample_rate``, ``n_mels``)."""
+    (``push``, ``flush``, ``reset``, ``num_frames``, ``sample_rate``, ``n_mels``).
+    With the frontend's ``stream_alignment: release`` every utterance (after ``reset``)
+    starts with RELEASE_LEAD_FRAMES zero frames and the features of the audio behind
+    ``win - hop`` zero samples; ``num_frames`` counts the fbank frames only."""
 
     def __init__(self, frontend: KaldiFbankFrontend):
         if not isinstance(frontend, KaldiFbankFrontend):
@@ -104,15 +124,26 @@ class KaldiStreamingFrontend:
         self.reset()
 
     def reset(self) -> None:
-        self._buf = torch.zeros(0, dtype=torch.float32)
-        self._buf_start = 0  # utterance sample index of _buf[0]
+        release = self.frontend.stream_alignment == "release"
+        # release: the stream starts with win - hop zero samples
+        lead = self.win_length - self.hop_length if release else 0
+        self._buf = torch.zeros(lead, dtype=torch.float32)
+        self._buf_start = 0  # stream sample index of _buf[0]
         self.num_frames = 0
+        self._lead_frames = RELEASE_LEAD_FRAMES if release else 0  # still to emit
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros(1, 0, self.n_mels)
 
     @torch.no_grad()
     def push(self, samples: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        feats = self._push(samples)
+        if self._lead_frames:
+            feats = torch.cat([torch.zeros(1, self._lead_frames, self.n_mels), feats], dim=1)
+            self._lead_frames = 0
+        return feats
+
+    def _push(self, samples: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         x = torch.as_tensor(np.ascontiguousarray(samples) if isinstance(samples, np.ndarray)
                             else samples).detach()
         if x.dim() != 1:

@@ -96,8 +96,15 @@ _CODEC_RULES = (
     (r"quantizer\.quantizer_modules\.0\.embedding\.weight", "quantizer.codebook.weight"),
     (r"quantizer\.quantizer_modules_globaltokens\.(\d+)\.embedding\.weight",
      r"quantizer.global_codebooks.\1.weight"),
-    # Encoder + GlobalTokenEncoder: only encoding reads them, which is not implemented
-    (r"encoder\..*", DROP),
+    # Encoder (weight-normed convs; GroupNorms and conv_post plain) + its GlobalTokenEncoder
+    (r"encoder\.(conv_pre|conv_post|ups\.\d+|resblocks\.\d+\.convs[12]?\.\d+)\."
+     r"(weight_g|weight_v|weight|bias)", r"encoder.\1.\2"),
+    (r"encoder\.normalize\.(\d+)\.(weight|bias)", r"encoder.normalize.\1.\2"),
+    (r"encoder\.GlobalTokenEncoder\.(conv\.[024]\.weight|fn\.0\.(?:weight|bias)"
+     r"|fn\.2\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
+     r"encoder.global_encoder.\1"),
+    # Encoder.linear (Linear 128 -> 128, LeakyReLU): built but never called by its forward
+    (r"encoder\.linear\.0\.(weight|bias)", DROP),
 )
 
 
@@ -114,5 +121,9 @@ def codec_source(target: str) -> Optional[str]:
         (r"quantizer\.codebook\.weight", "quantizer.quantizer_modules.0.embedding.weight"),
         (r"quantizer\.global_codebooks\.(\d+)\.weight",
          r"quantizer.quantizer_modules_globaltokens.\1.embedding.weight"),
+        (r"encoder\.global_encoder\.(.*)", r"encoder.GlobalTokenEncoder.\1"),
+        (r"encoder\.(conv_post|normalize\.\d+)\.(.*)", r"encoder.\1.\2"),
+        (r"encoder\.(.*)\.weight", r"encoder.\1.weight_g/weight_v"),
+        (r"encoder\.(.*)", r"encoder.\1"),
     )
     return _apply(inverse, target)
