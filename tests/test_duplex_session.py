@@ -394,6 +394,16 @@ def test_cli_multi_turn_and_duplex(work, packed, tmp_path):
     assert rate == 24000 and len(pcm) == int(3.3 * 24000)
     assert (tmp_path / "out" / "output.events.jsonl").is_file()
 
+    # session options the CLI passes through (a release model's decision rule and sampling)
+    from espnet_freeze_omni.inference.duplex_session import SessionOptions
+
+    opts = speech2speech.session_options(speech2speech.get_parser().parse_args(
+        common + ["--wav", "q.wav", "--state_rule", "release", "--llm_sampling", "release",
+                  "--llm_top_k", "5", "--llm_temperature", "0.7"]))
+    checked = SessionOptions(**opts).check()
+    assert (checked.state_rule, checked.llm_sampling, checked.llm_top_k,
+            checked.llm_temperature) == ("release", "release", 5, 0.7)
+
     with pytest.raises(SystemExit, match="not found"):
         speech2speech.main(common + ["--wav", str(tmp_path / "missing.wav"),
                                      "--output_dir", str(out)])

@@ -87,6 +87,14 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--clock", default=None, choices=("audio", "measured"),
                        help="default: audio for --wav, measured for --duplex_input")
     group.add_argument("--max_turn_seconds", type=float, default=30.0)
+    group.add_argument("--state_rule", default=None, choices=("argmax", "release"),
+                       help="how the state head's probabilities decide (default: the model's)")
+    group.add_argument("--llm_sampling", default="greedy", choices=("greedy", "release"),
+                       help="answer tokens: greedy, or the release's temperature / top-k / "
+                            "top-p sampling (--llm_temperature, --llm_top_k, --llm_top_p)")
+    group.add_argument("--llm_temperature", type=float, default=0.8)
+    group.add_argument("--llm_top_k", type=int, default=20)
+    group.add_argument("--llm_top_p", type=float, default=0.8)
     group.add_argument("--turn_silence", type=float, default=1.5,
                        help="--wav: seconds of silence fed after each turn")
     group.add_argument("--commit_undecided", type=str2bool, default=True,
@@ -115,7 +123,10 @@ def session_options(args) -> dict:
                 turn_detection=args.turn_detection, barge_in=args.barge_in,
                 interrupt_on_speech=args.interrupt_on_speech,
                 commit_after_silence_s=args.commit_after_silence_s,
-                max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens)
+                max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens,
+                state_rule=args.state_rule, llm_sampling=args.llm_sampling,
+                llm_temperature=args.llm_temperature, llm_top_k=args.llm_top_k,
+                llm_top_p=args.llm_top_p)
 
 
 def run_turns(s2s, args) -> List[str]:
