@@ -377,6 +377,27 @@ def test_packed_model_decodes_exactly_like_the_files(s2s, work, tmp_path):
     assert Path(again["codec_model"]).read_bytes() == (work["codec"] / "codebook.npz").read_bytes()
 
 
+def test_packed_decode_config_gives_the_decoding_defaults(work, tmp_path):
+    """Stage 17 packs the recipe's decode.yaml: a model loaded from the zip (server, CLI)
+    decodes with its settings; keywords given to from_pretrained still win."""
+    import yaml
+
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    decode = tmp_path / "decode.yaml"
+    decode.write_text(yaml.safe_dump(dict(
+        outputs=["speech_in"], history_mode="session", max_new_tokens=7, top_k=1, seed=11,
+        packet_conf=dict(first_packet=10, lookahead=8, packet=40, overlap=8))))
+    zip_path = tmp_path / "packed" / "model.zip"
+    pack(work, zip_path, ["--codec_dir", str(work["codec"]), "--yaml", f"decode_config={decode}"])
+    model = Speech2Speech.from_pretrained(zip_path, llm_path=work["llm"],
+                                          cachedir=tmp_path / "cache", seed=5)
+    assert model.synthesizer.packet_conf == dict(first_packet=10, lookahead=8, packet=40,
+                                                 overlap=8)
+    assert model.listener.max_new_tokens == 7 and model.synthesizer.top_k == 1
+    assert model.seed == 5  # the keyword, not the packed 11
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_missing_model_file_is_named(work, tmp_path):
     from espnet_freeze_omni.inference.speech2speech import Speech2Speech

@@ -35,6 +35,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
+from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
 from espnet_freeze_omni.inference.speech_input_inference import (
     ListenResult,
     SpeechInputInference,
@@ -59,6 +60,9 @@ CODEC_MODEL_FILES = (
     "valid.total_count.best.pth", "train.total_count.best.pth", "latest.pth",
 )
 # What a packed model holds (scripts/utils/pack_model.py keys).
+# keys of a decode config (conf/decode.yaml) that configure Speech2Speech itself
+DECODE_KEYS = ("max_new_tokens", "top_k", "guidance_scale", "max_codec_tokens", "seed",
+               "min_segment_tokens", "long_segment_tokens", "packet_conf")
 PACKED_REQUIRED = ("speech_input_config", "speech_input_model",
                    "speech_output_config", "speech_output_model", "codec_config")
 
@@ -84,7 +88,6 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
     anything else is an espnet gan_codec training config, whose checkpoint is `model_file`
     or, when not given, the first of CODEC_MODEL_FILES found beside the config.
     """
-    from espnet_freeze_omni.data.yaml_mapping import read_yaml_mapping
 
     config_file = Path(config_file)
     conf = read_yaml_mapping(config_file, "codec config")
@@ -346,6 +349,9 @@ class Speech2Speech:
         espnet_model_zoo's ModelDownloader into `cachedir` (default ~/.cache/espnet_model_zoo).
 
         The LLM is never packed: `llm_path` names it (default: the path recorded at training).
+        A packed `decode_config` (the recipe's decode.yaml, stage 17) gives the decoding
+        defaults (DECODE_KEYS: LLM tokens, codec sampling, segments, packets), so a server or
+        the CLI voices answers as stage 15 did; `decode_conf` keywords override them.
         """
         files = unpack_model(model_tag_or_zip, cachedir)
         missing = [key for key in PACKED_REQUIRED if key not in files]
@@ -366,6 +372,9 @@ class Speech2Speech:
                     f"{model_tag_or_zip} names the frozen LLM {recorded!r}, which is not here "
                     "(the LLM is never packed): pass llm_path=<local LLM folder>")
         codec_conf = codec_conf_from_files(files["codec_config"], files.get("codec_model"), device)
+        if "decode_config" in files:
+            packed = read_yaml_mapping(files["decode_config"], "packed decode config")
+            decode_conf = {**{k: packed[k] for k in DECODE_KEYS if k in packed}, **decode_conf}
         return cls.from_files(
             files["speech_input_config"], files["speech_input_model"],
             files["speech_output_config"], files["speech_output_model"],

@@ -1177,6 +1177,7 @@ pack_models() {
         --file "speech_output_model=$(speech_output_exp 3)/valid.loss.best.pth" \
         --yaml "codec_conf=${codec_exp}/codec_conf.yaml" \
         --file "feats_stats=${stats_dir}/train/feats_stats.npz" "${token_files[@]}" \
+        --yaml "decode_config=${decode_config}" \
         --option RESULTS.md
     log "Stage 17: packed ${out} (the frozen LLM is referenced by path, not packed)"
 }

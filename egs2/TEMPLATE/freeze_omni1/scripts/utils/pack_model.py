@@ -9,7 +9,8 @@
 espnet2.main_funcs.pack_funcs.pack writes meta.yaml (versions, keys -> paths) next to the
 files, and espnet_model_zoo's ModelDownloader unpacks the zip offline;
 `Speech2Speech.from_pretrained(zip, llm_path=...)` loads it when it holds the keys
-speech_input_config/model, speech_output_config/model and codec_config (+ codec_model).
+speech_input_config/model, speech_output_config/model and codec_config (+ codec_model);
+an optional decode_config (the recipe's decode.yaml) gives its decoding defaults.
 The frozen LLM is never packed: the configs only name it.
 
 The codec is packed as what it needs, under codec_config + codec_model: an embedded
