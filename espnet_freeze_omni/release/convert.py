@@ -325,16 +325,14 @@ def _truthy(value) -> bool:
 
 
 # ---------------------------------------------------------------------------- tensors
-def convert_audio_llm(state: Dict[str, torch.Tensor], source: Path
-                      ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Renamed tensors for the speech-input model, and the dropped keys. Unknown keys are
-    errors; the CMVN buffers are left to the caller."""
+def _rename(state: Dict[str, torch.Tensor], source: Path, target_of
+            ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Every key of `state` renamed by `target_of` (DROP: dropped; None: unknown, an error
+    naming `source` and the keys); returns (renamed tensors, dropped keys)."""
     out: Dict[str, torch.Tensor] = {}
     dropped, unknown = [], []
     for key, value in state.items():
-        if key in CMVN_KEYS:
-            continue
-        target = audio_llm_target(key)
+        target = target_of(key)
         if target is None:
             unknown.append(key)
         elif target == DROP:
@@ -347,27 +345,27 @@ def convert_audio_llm(state: Dict[str, torch.Tensor], source: Path
     return out, dropped
 
 
+def convert_audio_llm(state: Dict[str, torch.Tensor], source: Path
+                      ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Renamed tensors for the speech-input model, and the dropped keys. Unknown keys are
+    errors; the CMVN buffers are left to the caller."""
+    return _rename({k: v for k, v in state.items() if k not in CMVN_KEYS}, source,
+                   audio_llm_target)
+
+
 def convert_decoder(state: Dict[str, torch.Tensor], source: Path, rope_theta: float = 1e4
                     ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    out: Dict[str, torch.Tensor] = {}
-    dropped, unknown = [], []
-    for key, value in state.items():
-        if ROPE_KEY.fullmatch(key):
-            dim = 2 * value.numel()
-            expected = 1.0 / rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-            if not torch.allclose(value.double(), expected, rtol=1e-3):
-                raise ReleaseImportError(f"{source}: {key} is not RoPE with theta {rope_theta}")
-            dropped.append(key)
-            continue
-        target = decoder_target(key)
-        if target is None:
-            unknown.append(key)
-        else:
-            out[target] = value
-    if unknown:
-        raise ReleaseImportError(f"{source}: unused key(s) we do not know where to put: "
-                                 f"{', '.join(sorted(unknown)[:20])}")
-    return out, dropped
+    """Renamed tensors for the speech-output model, and the dropped keys: saved RoPE
+    frequencies (checked to be theta `rope_theta` first). Unknown keys are errors."""
+    rope = [key for key in state if ROPE_KEY.fullmatch(key)]
+    for key in rope:
+        dim = 2 * state[key].numel()
+        expected = 1.0 / rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        if not torch.allclose(state[key].double(), expected, rtol=1e-3):
+            raise ReleaseImportError(f"{source}: {key} is not RoPE with theta {rope_theta}")
+    out, dropped = _rename({k: v for k, v in state.items() if k not in rope}, source,
+                           decoder_target)
+    return out, rope + dropped
 
 
 def load_into(model: torch.nn.Module, converted: Dict[str, torch.Tensor], source: Path,
