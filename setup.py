@@ -12,6 +12,7 @@ setup(
         "espnet[train]==202611",
         "espnet_model_zoo",
         "torch",
+        "torchaudio",  # Kaldi fbank of imported release checkpoints (release/kaldi_fbank.py)
         "transformers>=4.45",
         "sentencepiece",
         "kaldiio",
