@@ -153,6 +153,24 @@ def test_history_is_the_kv_of_each_turn_once(s2s, work):
 
 
 # ---------------------------------------------------------------------------- turn-taking
+def test_respond_threshold_takes_the_turn_from_a_less_sure_head(s2s, monkeypatch):
+    """p = (listen 0.6, respond 0.3, ignore 0.1) after every chunk: argmax never answers;
+    respond_threshold 0.25 answers at the first chunk, 0.35 still never."""
+    probs = torch.tensor([0.6, 0.3, 0.1]).log()
+    monkeypatch.setattr(s2s.listener.model, "state_logits",
+                        lambda hidden: probs.expand(*hidden.shape[:-1], 3).clone())
+    wav = noise(1.0, 21)
+    for threshold, answered in ((None, False), (0.35, False), (0.25, True)):
+        session = s2s.session(vad=False, respond_threshold=threshold, max_new_tokens=4)
+        events = feed_in(session, wav, 1600)
+        ended = of(events, "turn_ended")
+        assert bool(ended) == answered, threshold
+        if answered:  # at the first chunk the head reads
+            assert ended[0].time == of(events, "state")[0].time
+    with pytest.raises(ValueError, match="respond_threshold"):
+        s2s.session(vad=False, respond_threshold=0.0)
+
+
 def test_state_head_turns_and_barge_in(s2s, scripted_head):
     """respond at 1.0 s answers; respond at 2.0 s (while it speaks) interrupts it: the audio
     stops there, the voiced part stays in the history, the new turn is answered."""

@@ -89,6 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--max_turn_seconds", type=float, default=30.0)
     group.add_argument("--state_rule", default=None, choices=("argmax", "release"),
                        help="how the state head's probabilities decide (default: the model's)")
+    group.add_argument("--respond_threshold", type=float, default=None,
+                       help="respond once p(respond) reaches this (default: the rule alone)")
     group.add_argument("--llm_sampling", default="greedy", choices=("greedy", "release"),
                        help="answer tokens: greedy, or the release's temperature / top-k / "
                             "top-p sampling (--llm_temperature, --llm_top_k, --llm_top_p)")
@@ -124,7 +126,8 @@ def session_options(args) -> dict:
                 interrupt_on_speech=args.interrupt_on_speech,
                 commit_after_silence_s=args.commit_after_silence_s,
                 max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens,
-                state_rule=args.state_rule, llm_sampling=args.llm_sampling,
+                state_rule=args.state_rule, respond_threshold=args.respond_threshold,
+                llm_sampling=args.llm_sampling,
                 llm_temperature=args.llm_temperature, llm_top_k=args.llm_top_k,
                 llm_top_p=args.llm_top_p)
 

@@ -177,6 +177,9 @@ class SessionOptions:
     # how a chunk's state probabilities decide (decide_state); None: the model's own
     # `state_rule` (an imported release model says "release"), else "argmax"
     state_rule: Optional[str] = None
+    # respond as soon as p(respond) of a chunk reaches this, whatever the rule says (an
+    # earlier turn end at the risk of answering into a pause); None: the rule alone
+    respond_threshold: Optional[float] = None
     # how answer tokens are picked (pick_token): "greedy", or "release": the authors'
     # temperature / top-k / top-p sampling with the values below, drawn from this session's
     # own seeded generator (`llm_generator`, seeded by `reseed`)
@@ -188,6 +191,8 @@ class SessionOptions:
     def check(self) -> "SessionOptions":
         if self.state_rule is not None and self.state_rule not in STATE_RULES:
             raise ValueError(f"state_rule must be one of {STATE_RULES}, got {self.state_rule!r}")
+        if self.respond_threshold is not None and not 0.0 < self.respond_threshold <= 1.0:
+            raise ValueError(f"respond_threshold must be in (0, 1], got {self.respond_threshold}")
         if self.llm_sampling not in LLM_SAMPLINGS:
             raise ValueError(f"llm_sampling must be one of {LLM_SAMPLINGS}, "
                              f"got {self.llm_sampling!r}")
@@ -930,6 +935,9 @@ class DuplexSession:
         first = branch.chunks - len(probs)
         for i, p in enumerate(probs):
             state = decide_state(p, self.state_rule)
+            threshold = self.options.respond_threshold
+            if threshold is not None and float(p[STATE_RESPOND]) >= threshold:
+                state = STATE_RESPOND
             self.event("state", state=STATE_NAMES[state], chunk=first + i,
                        probs=[round(float(x), 4) for x in p])
             if first + i < branch.min_chunks or state == STATE_LISTEN:
