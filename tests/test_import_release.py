@@ -772,11 +772,12 @@ def test_imported_ticodec_voices_the_answers(ti_work, monkeypatch):
     assert all(np.isfinite(a).all() for a in audio)
 
 
-def _codec_variant(tmp_path, state_edit=None, json_edit=None):
+def _codec_variant(tmp_path, state_edit=None, json_edit=None, state=None, h=None):
+    """A release codec dir (default: the decode-only tiny codec), edited."""
     import copy
 
-    state = release_codec_state(torch.Generator().manual_seed(3))
-    h = copy.deepcopy(TICODEC_JSON)
+    state = release_codec_state(torch.Generator().manual_seed(3)) if state is None else state
+    h = copy.deepcopy(TICODEC_JSON if h is None else h)
     if state_edit:
         state_edit(state)
     if json_edit:
@@ -1026,19 +1027,12 @@ def test_ticodec_odd_kernel_encoder_gives_one_token_per_frame(tmp_path):
 ])
 def test_malformed_release_codec_encoder_is_named(ti_enc, tmp_path, state_edit, json_edit,
                                                   pattern):
-    import copy
-
     from espnet_freeze_omni.release.convert import ReleaseImportError, convert_codec
 
-    state = {part: dict(values) for part, values in ti_enc["state"].items()}
-    h = copy.deepcopy(TICODEC_ENC_JSON)
-    if state_edit:
-        state_edit(state)
-    if json_edit:
-        json_edit(h)
-    write_release_codec(tmp_path, state=state, h=h)
+    codec = _codec_variant(tmp_path, state_edit, json_edit, h=TICODEC_ENC_JSON,
+                           state={part: dict(values) for part, values in ti_enc["state"].items()})
     with pytest.raises(ReleaseImportError, match=pattern):
-        convert_codec(tmp_path / "codec" / "model.json", tmp_path / "codec" / "final.pt")
+        convert_codec(codec / "model.json", codec / "final.pt")
 
 
 def test_two_stage_codec_with_an_encoder_is_refused(tmp_path):

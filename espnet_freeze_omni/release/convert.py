@@ -440,22 +440,11 @@ def convert_codec(model_json: Path, checkpoint: Path):
 
     model = TiCodecModel(conf)
     target = model.state_dict()
-    out: Dict[str, torch.Tensor] = {}
+    out, dropped = _rename(flat, checkpoint, codec_target)
+    # weight-normed layers: their (g, v) pairs are folded into the plain weight below
     pairs: Dict[str, Dict[str, torch.Tensor]] = {}
-    dropped, unknown = [], []
-    for key, value in flat.items():
-        name = codec_target(key)
-        if name is None:
-            unknown.append(key)
-        elif name == DROP:
-            dropped.append(key)
-        elif name.endswith(("weight_g", "weight_v")):
-            pairs.setdefault(name[:-2], {})[name[-1]] = value
-        else:
-            out[name] = value
-    if unknown:
-        raise ReleaseImportError(f"{checkpoint}: unused key(s) we do not know where to put: "
-                                 f"{', '.join(sorted(unknown)[:20])}")
+    for name in [n for n in out if n.endswith(("weight_g", "weight_v"))]:
+        pairs.setdefault(name[:-2], {})[name[-1]] = out.pop(name)
     for name, gv in pairs.items():
         for part in "gv":
             if part not in gv:
