@@ -605,7 +605,8 @@ def test_chunk_state_labels_listen_until_the_turn_end_delay_then_respond_or_igno
     utterance's end (batch padding) carry no label. Expected rows are written out by hand."""
     model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir)
     assert model.chunk_seconds == pytest.approx(0.16) and model.embeddings_per_chunk == 2
-    assert model.turn_end_delay == pytest.approx(0.32)  # the tiny config's value
+    assert model.turn_end_delay == pytest.approx(0.16)  # the tiny config's value
+    model.turn_end_delay = 0.32  # the rows below are written out for 0.32 s
     L, R, I, U = LISTEN, RESPOND, IGNORE, UNLABELLED
     audio_lengths = torch.tensor([24, 24, 19, 24])  # 12, 12, 10 (last one partial), 12 chunks
     turn_info = torch.tensor([[1.0, 1.0], [2.0, 1.0], [1.0, 0.5], [1.0, 5.0]])
