@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,6 +242,60 @@ def test_eight_concurrent_clients_each_get_their_own_answer(server, s2s):
         assert latency is not None and latency >= 0
     assert len(set(expected)) > 1  # the answers tell the clients apart
     wait_sessions(server, 0)
+
+
+def test_process_replicas_answer_like_one_session_and_survive_a_dead_copy(work, s2s):
+    """Two model copies in child processes: each client's answer equals the in-process
+    session's, consumed audio is counted back, and when one child dies its client gets
+    session_failed while the other copy goes on serving (new clients included)."""
+    import functools
+
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+    from espnet_freeze_omni.serve.server import ServerLimits, VoiceServer, start_replicas
+    from test_speech2speech import DECODE
+
+    load = functools.partial(Speech2Speech.from_files, None, work["speech_input"], None,
+                             work["speech_output"], codec_dir=work["codec"], decode_conf=DECODE)
+    replicas = start_replicas([load, load], mode="process", num_threads=1)
+    running = VoiceServer(limits=ServerLimits(max_sessions=4),
+                          replicas=replicas).start_in_thread()
+    questions = [noise(0.9, seed=300), noise(1.3, seed=301), noise(1.1, seed=302)]
+    expected = [single_session_answer(s2s, q) for q in questions]
+    try:
+        async def two_then_kill():
+            a, b = await Client.open(running), await Client.open(running)
+            done = await asyncio.gather(a.turn(questions[0]), b.turn(questions[1]))
+            spread = [r["sessions"] for r in health(running)["replicas"]]
+            buffered = [c.served.buffered_samples for c in running.server.connections]
+            # b's copy dies (the least loaded copy took each new client: a the first, b the
+            # second): b hears why and is closed; a, on the other copy, goes on
+            replicas[1]._process.kill()
+            failed = await b.until("error", where=lambda e: e["error"]["code"] ==
+                                   "session_failed")
+            again = await a.turn(questions[0])  # a's second turn: its answer has history
+            await a.ws.close()
+            c = await Client.open(running)  # goes to the copy still alive
+            late = await c.turn(questions[2])
+            await c.ws.close()
+            return a, b, c, done, spread, buffered, failed, again, late
+
+        a, b, c, done, spread, buffered, failed, again, late = asyncio.run(
+            asyncio.wait_for(two_then_kill(), 600))
+        assert [d["response"]["status"] for d in done] == ["completed", "completed"]
+        assert a.of("response.done")[0]["response"]["output"][0]["content"][0][
+            "transcript"] == expected[0]
+        assert b.transcript().strip() == expected[1]
+        assert spread == [1, 1]  # one session on each copy
+        assert buffered == [0, 0]  # the children counted every sample they consumed
+        assert "died" in failed["error"]["message"]
+        assert again["response"]["status"] == "completed"
+        assert len(a.of("response.done")) == 2 and len(a.of("response.created")) == 2
+        assert late["response"]["output"][0]["content"][0]["transcript"] == expected[2]
+        replicas_now = health(running)["replicas"]
+        assert [r["process"] for r in replicas_now] == [True, True]
+        assert sorted(r["alive"] for r in replicas_now) == [False, True]
+    finally:
+        running.stop()
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -536,7 +591,8 @@ def test_serve_command_binds_loopback_and_says_where(work, tmp_path):
     pack(work, zip_path, ["--yaml", f"codec_conf={work['codec']}/codec_conf.yaml"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "espnet_freeze_omni.bin.serve", "--model_file", str(zip_path),
-         "--llm_path", str(work["llm"]), "--port", "0", "--num_threads", "1"],
+         "--llm_path", str(work["llm"]), "--port", "0", "--num_threads", "1",
+         "--replica_mode", "process"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -555,10 +611,30 @@ def test_serve_command_binds_loopback_and_says_where(work, tmp_path):
         with urllib.request.urlopen(url, timeout=5) as reply:
             assert "Freeze-Omni" in reply.read().decode()
         with urllib.request.urlopen(url + "healthz", timeout=5) as reply:
-            assert json.loads(reply.read())["sessions"] == 0
-    finally:
-        proc.terminate()
+            state = json.loads(reply.read())
+        assert state["sessions"] == 0
+        assert [(r["process"], r["alive"]) for r in state["replicas"]] == [(True, True)]
+        # killed outright, the server leaves no model process behind
+        children = [int(p) for p in
+                    Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert children
+        proc.kill()
         proc.wait(20)
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in children if alive(p)]
+    finally:
+        proc.kill()
+        proc.wait(20)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_benchmark_serving_reports_each_load_level(server, tmp_path):

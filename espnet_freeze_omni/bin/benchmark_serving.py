@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import dataclasses
+import functools
 import json
 import platform
 import tempfile
@@ -269,6 +270,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--llm_path", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replica_mode", choices=("thread", "process"), default="thread",
+                        help="model copies as worker threads here or child processes")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--minutes", type=float, default=1.0, help="per load level")
     parser.add_argument("--seconds", type=float, default=None,
@@ -286,30 +289,25 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_models(args) -> List:
-    import torch
+def model_factories(args) -> List:
+    """One loader per model copy (run here for thread replicas, in the child for process
+    ones); the packed model's decoding options overridden by --max_new_tokens and the like."""
+    from espnet_freeze_omni.serve.server import model_factories as packed_factories
+    from espnet_freeze_omni.serve.server import replica_devices
 
-    from espnet_freeze_omni.serve.server import load_models
-
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
     decode = {k: v for k, v in (("max_new_tokens", args.max_new_tokens),
                                 ("max_codec_tokens", args.max_codec_tokens)) if v is not None}
     if args.model_file:
-        models = load_models(args.model_file, args.llm_path, args.device, args.replicas)
-        for m in models:  # decode options of the packed model, overridden
-            if "max_new_tokens" in decode:
-                m.listener.max_new_tokens = decode["max_new_tokens"]
-            if "max_codec_tokens" in decode:
-                m.synthesizer.max_tokens = decode["max_codec_tokens"]
-        return models
+        return packed_factories(args.model_file, args.llm_path, args.device, args.replicas,
+                                **decode)
     from espnet_freeze_omni.inference.random_model import build_random_s2s
 
     work = Path(tempfile.mkdtemp(prefix="benchmark_serving_"))
     decode.setdefault("max_new_tokens", 24)
     decode.setdefault("max_codec_tokens", 120)
-    return [build_random_s2s(args.shapes, work, args.device, seed=0, decode_kwargs=dict(decode))
-            for _ in range(args.replicas)]
+    return [functools.partial(build_random_s2s, args.shapes, work / f"replica{i}", device,
+                              seed=0, decode_kwargs=dict(decode))
+            for i, device in enumerate(replica_devices(args.device, args.replicas))]
 
 
 def main(cmd: Optional[List[str]] = None) -> Dict:
@@ -323,13 +321,14 @@ def main(cmd: Optional[List[str]] = None) -> Dict:
         url = args.url
         source = args.url
     else:
-        from espnet_freeze_omni.serve.server import ServerLimits, VoiceServer
+        from espnet_freeze_omni.serve.server import ServerLimits, VoiceServer, start_replicas
 
-        models = build_models(args)
+        replicas = start_replicas(model_factories(args), args.replica_mode, args.num_threads)
         limits = ServerLimits(max_sessions=max(args.sessions), idle_timeout_s=600.0)
-        running = VoiceServer(models, limits).start_in_thread()
+        running = VoiceServer(limits=limits, replicas=replicas).start_in_thread()
         url = running.ws_url
         source = args.model_file or f"random weights, {args.shapes} shapes"
+        source += f"; {args.replicas} {args.replica_mode} replica(s)"
     questions = spoken_questions(Path(tempfile.mkdtemp(prefix="questions_")), 10)
     levels = []
     # the users run in a process of their own: their JSON and base64 work must not take the

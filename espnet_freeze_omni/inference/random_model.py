@@ -133,6 +133,8 @@ def build_random_s2s(shape: str, work: Path, device: str, seed: int, decode_kwar
 
     shapes = SHAPES[shape]
     rng = np.random.RandomState(seed)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     llm_dir = work / "llm"
     marker = llm_dir / "benchmark_shapes.json"
     wanted = json.dumps(dict(shapes=shapes, seed=seed), sort_keys=True)

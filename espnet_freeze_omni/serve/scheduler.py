@@ -2,11 +2,13 @@
 
 Each model copy (a `Replica`) has one thread that does all of its compute, so a model is never
 used by two threads at once and no lock is held across an answer. The thread goes round the
-sessions that have work. A round gives every session its queued control events in order and
-up to `feed_seconds` of its buffered input audio (`DuplexSession.feed`, which only listens:
-the sessions run with `answer_in_feed=False`), then `pump(pump_budget_s)` to every answer in
-progress. So eight sessions answering at once each advance by a slice in turn, and a session
-that is only listening costs one chunk step per 160 ms of audio. An answer whose voice is
+sessions that have work. A round first pumps each new answer until its first audio is out
+(at most `first_audio_budget_s`: that packet is what its user waits for), then gives every
+session its queued control events in order and up to `feed_seconds` of its buffered input
+audio (`DuplexSession.feed`, which only listens: the sessions run with
+`answer_in_feed=False`), then `pump(pump_budget_s)` to every answer in progress. So eight
+sessions answering at once each advance by a slice in turn, and a session that is only
+listening costs one chunk step per 160 ms of audio. An answer whose voice is
 already `AHEAD_S` ahead of its playback sits the round out while other answers are short of
 audio (their first packet is what their users are waiting for).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 # a slice of one session: this much buffered input, then this much answer compute
@@ -26,6 +29,9 @@ FEED_SECONDS = 0.48
 PUMP_BUDGET_S = 0.03
 # an answer whose voice is this far ahead of its playback waits while others need the CPU
 AHEAD_S = 1.0
+# a new answer is pumped up to this long per round until its first audio is out, before the
+# round's listening: that first packet is what its user is waiting for
+FIRST_AUDIO_BUDGET_S = 0.25
 
 
 class ServedSession:
@@ -36,7 +42,7 @@ class ServedSession:
     payload)` gives back: ("configured", whether a new session was built), ("events",
     [SessionEvent]),
     ("error", (code, message, event id)), ("cleared", event id), ("cancelling", answer id),
-    ("failed", message).
+    ("failed", message); in a ProcessReplica's child also ("fed", input samples consumed).
     """
 
     def __init__(self, post: Callable[[str, Any], None], name: str = ""):
@@ -50,16 +56,23 @@ class ServedSession:
         self.unclaimed_response = False
         self.closed = False
         self._lock = threading.Lock()
-        self.replica: Optional["Replica"] = None
+        self.replica = None  # a Replica, or a ProcessReplica (process_replica.py)
+        self.remote_id: Optional[int] = None  # this session's id in a ProcessReplica
+        self.report_fed = False  # in a ProcessReplica's child: post ("fed", samples)
 
     # ------------------------------------------------------------------ connection side
     def put(self, kind: str, payload: Any = None, event_id: Optional[str] = None) -> None:
         with self._lock:
             if kind == "audio":
                 self.buffered_samples += len(payload)
-            self.inbox.append((kind, payload, event_id))
-        if self.replica is not None:
-            self.replica.wake()
+            replica = self.replica
+            remote = getattr(replica, "remote", False)
+            if not remote:
+                self.inbox.append((kind, payload, event_id))
+        if remote:  # the session runs in the replica's child process
+            replica.send(self, kind, payload, event_id)
+        elif replica is not None:
+            replica.wake()
 
     def close(self) -> None:
         """Stop at once: the worker drops the session (and its caches) at its next look."""
@@ -77,6 +90,10 @@ class ServedSession:
     def answering(self) -> bool:
         answer = self.session.answer if self.session is not None else None
         return not self.closed and answer is not None and answer.generating
+
+    def awaiting_first_audio(self) -> bool:
+        """An answer in progress that has not given out any audio yet."""
+        return self.answering() and "first_pcm" not in self.session.answer.timings
 
     def ahead(self) -> float:
         """Seconds of answer audio made beyond the session clock (0 without an answer)."""
@@ -118,6 +135,8 @@ class ServedSession:
                 self._count_answers(out)
             events += out
         self._post_events(events)
+        if self.report_fed and fed and not self.closed:
+            self.post("fed", fed)
 
     def pump(self, budget_s: float) -> None:
         """About `budget_s` of compute on the answer in progress."""
@@ -125,6 +144,15 @@ class ServedSession:
             events = self.session.pump(budget_s)
             self._count_answers(events)
             self._post_events(events)
+
+    def pump_first_audio(self, budget_s: float) -> None:
+        """Pump a new answer until its first audio is out, or `budget_s` of compute."""
+        deadline = time.perf_counter() + budget_s
+        events: List = []
+        while self.awaiting_first_audio() and time.perf_counter() < deadline:
+            events += self.session.pump(0.01)
+        self._count_answers(events)
+        self._post_events(events)
 
     def _post_events(self, events: List) -> None:
         if events and not self.closed:
@@ -188,12 +216,16 @@ class ServedSession:
 class Replica:
     """One model copy and the thread that runs every compute step of its sessions."""
 
+    remote = False  # its sessions' inboxes are read here (a ProcessReplica's in a child)
+
     def __init__(self, s2s, name: str = "replica0", feed_seconds: float = FEED_SECONDS,
-                 pump_budget_s: float = PUMP_BUDGET_S):
+                 pump_budget_s: float = PUMP_BUDGET_S,
+                 first_audio_budget_s: float = FIRST_AUDIO_BUDGET_S):
         self.s2s = s2s
         self.name = name
         self.feed_seconds = feed_seconds
         self.pump_budget_s = pump_budget_s
+        self.first_audio_budget_s = first_audio_budget_s
         self.sessions: List[ServedSession] = []
         self.rounds = 0
         self._cond = threading.Condition()
@@ -205,6 +237,22 @@ class Replica:
     @property
     def load(self) -> int:
         return len(self.sessions)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def input_sample_rate(self) -> int:
+        return self.s2s.input_sample_rate
+
+    @property
+    def output_sample_rate(self) -> int:
+        return self.s2s.sample_rate
+
+    @property
+    def tokenizer(self):
+        return self.s2s.llm.tokenizer
 
     def attach(self, served: ServedSession) -> None:
         with self._cond:
@@ -241,16 +289,21 @@ class Replica:
                         self._cond.wait(0.05)
                         continue
                 self.rounds += 1
-                # a round: every session's input, then the answers. Answers short of audio
-                # first: a new answer's first packet matters more than the end of one already
-                # well ahead of its playback, which waits while others need the CPU
+                # a round: new answers up to their first audio, every session's input, then
+                # the answers short of audio: a new answer's first packet matters more than
+                # another user's next chunk (buffered meanwhile) or the end of an answer well
+                # ahead of its playback, which waits while others need the CPU
+                fresh = [s for s in answering if s.awaiting_first_audio()]
                 urgent = [s for s in answering if s.ahead() < AHEAD_S]
-                for served, step in [(s, "input") for s in listening] + \
+                for served, step in [(s, "first") for s in fresh] + \
+                        [(s, "input") for s in listening] + \
                         [(s, "pump") for s in (urgent or answering)]:
                     if served.closed:
                         continue
                     try:
-                        if step == "input":
+                        if step == "first":
+                            served.pump_first_audio(self.first_audio_budget_s)
+                        elif step == "input":
                             served.take_input(self.s2s, self.feed_seconds)
                         else:
                             served.pump(self.pump_budget_s)
@@ -258,7 +311,7 @@ class Replica:
                         logging.exception("session %s failed", served.name)
                         served.post("failed", f"{type(err).__name__}: {err}")
                         served.close()
-                del listening, answering, urgent
+                del listening, answering, fresh, urgent
 
 
 def pick_replica(replicas: List[Replica]) -> Replica:

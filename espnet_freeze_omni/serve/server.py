@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -36,18 +37,25 @@ class ServerLimits:
 
 
 class VoiceServer:
-    """The aiohttp application around the model copies (one Replica each)."""
+    """The aiohttp application around the model copies.
 
-    def __init__(self, models: List, limits: Optional[ServerLimits] = None,
-                 model_name: str = DEFAULT_MODEL_NAME):
-        if not models:
+    models: Speech2Speech copies, each served by a worker thread here (a Replica); or
+    replicas: started copies of either kind (Replica, or ProcessReplica: a model in a child
+    process, start_process_replicas).
+    """
+
+    def __init__(self, models: Optional[List] = None, limits: Optional[ServerLimits] = None,
+                 model_name: str = DEFAULT_MODEL_NAME, replicas: Optional[List] = None):
+        if replicas is None:
+            replicas = [Replica(m, name=f"replica{i}") for i, m in enumerate(models or [])]
+        if not replicas:
             raise ValueError("VoiceServer needs at least one model")
         self.limits = limits or ServerLimits()
         self.model_name = model_name
-        self.replicas = [Replica(m, name=f"replica{i}") for i, m in enumerate(models)]
-        self.input_sample_rate = models[0].input_sample_rate
-        self.output_sample_rate = models[0].sample_rate
-        self.tokenizer = models[0].llm.tokenizer  # answer text for the transcript deltas
+        self.replicas = replicas
+        self.input_sample_rate = replicas[0].input_sample_rate
+        self.output_sample_rate = replicas[0].output_sample_rate
+        self.tokenizer = replicas[0].tokenizer  # answer text for the transcript deltas
         self.connections = set()
         self.refused = 0
 
@@ -84,8 +92,9 @@ class VoiceServer:
         return web.json_response({
             "model": self.model_name, "sessions": self.active_sessions,
             "max_sessions": self.limits.max_sessions, "refused": self.refused,
-            "replicas": [{"name": r.name, "sessions": r.load, "rounds": r.rounds}
-                         for r in self.replicas],
+            "replicas": [{"name": r.name, "process": r.remote, "alive": r.alive,
+                          "sessions": len(r.sessions),
+                          "rounds": r.rounds} for r in self.replicas],
             "input_sample_rate": self.input_sample_rate,
             "output_sample_rate": self.output_sample_rate,
         })
@@ -194,8 +203,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--replicas", type=int, default=1,
-                        help="model copies, each with its own worker thread (on cuda: spread "
-                        "over the visible GPUs)")
+                        help="model copies, each with its own worker (on cuda: spread over "
+                        "the visible GPUs)")
+    parser.add_argument("--replica_mode", choices=("thread", "process"), default="thread",
+                        help="where each copy runs: a worker thread in the server's process, "
+                        "or a child process of its own (several CPU cores at once: Python "
+                        "runs one thread at a time; docs/serving.md)")
     parser.add_argument("--max_sessions", type=int, default=ServerLimits.max_sessions)
     parser.add_argument("--max_frame_bytes", type=int, default=ServerLimits.max_frame_bytes)
     parser.add_argument("--max_buffered_seconds", type=float,
@@ -207,42 +220,64 @@ def add_arguments(parser) -> None:
                         help="name reported in session.created")
 
 
-def load_models(model_file, llm_path=None, device: str = "cpu", replicas: int = 1) -> List:
-    """`replicas` copies of the packed model; on cuda the copies go round the GPUs."""
+def replica_devices(device: str, replicas: int) -> List[str]:
+    """The device of each model copy: on cuda the copies go round the visible GPUs."""
     import torch
-
-    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
 
     if replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {replicas}")
-    devices = [device] * replicas
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda but no GPU is visible")
-        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(replicas)]
-    return [Speech2Speech.from_pretrained(model_file, llm_path=llm_path, device=d)
-            for d in devices]
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(replicas)]
+    return [device] * replicas
+
+
+def model_factories(model_file, llm_path=None, device: str = "cpu", replicas: int = 1,
+                    **decode_conf) -> List:
+    """One picklable loader per copy of the packed model (`decode_conf` overrides its
+    decoding defaults): called here for thread replicas, in the child for process ones."""
+    from espnet_freeze_omni.inference.speech2speech import Speech2Speech
+
+    return [functools.partial(Speech2Speech.from_pretrained, model_file, llm_path=llm_path,
+                              device=d, **decode_conf)
+            for d in replica_devices(device, replicas)]
+
+
+def start_replicas(factories: List, mode: str = "thread",
+                   num_threads: Optional[int] = None) -> List:
+    """Started model copies: worker threads here (`thread`) or child processes (`process`)."""
+    import torch
+
+    if mode == "process":
+        from espnet_freeze_omni.serve.process_replica import start_process_replicas
+
+        return start_process_replicas(factories, num_threads=num_threads)
+    if mode != "thread":
+        raise ValueError(f"replica mode must be thread or process, got {mode!r}")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return [Replica(load(), name=f"replica{i}") for i, load in enumerate(factories)]
 
 
 def serve(args) -> None:
     """Load the model(s), serve until interrupted; prints one readiness line with the URL."""
-    import torch
-
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    models = load_models(args.model_file, args.llm_path, args.device, args.replicas)
+    factories = model_factories(args.model_file, args.llm_path, args.device, args.replicas)
+    replicas = start_replicas(factories, args.replica_mode, args.num_threads)
     limits = ServerLimits(max_sessions=args.max_sessions, max_frame_bytes=args.max_frame_bytes,
                           max_buffered_seconds=args.max_buffered_seconds,
                           idle_timeout_s=args.idle_timeout_s)
-    server = VoiceServer(models, limits, model_name=args.model_name)
+    server = VoiceServer(limits=limits, model_name=args.model_name, replicas=replicas)
+
+    workers = "child processes" if args.replica_mode == "process" else "threads"
 
     async def main():
         runner, port = await server.start(args.host, args.port)
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"Freeze-Omni voice server ready: http://{host}:{port}/ "
               f"(Realtime websocket ws://{host}:{port}/v1/realtime?model={args.model_name}; "
-              f"{len(models)} model cop{'y' if len(models) == 1 else 'ies'} on {args.device}, "
-              f"max {limits.max_sessions} sessions)", flush=True)
+              f"{len(replicas)} model cop{'y' if len(replicas) == 1 else 'ies'} on "
+              f"{args.device} in {workers}, max {limits.max_sessions} sessions)", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
