@@ -663,6 +663,7 @@ def test_state_loss_reads_each_chunks_last_audio_position_against_its_label(
 
     torch.manual_seed(0)
     model = build_model_from_config(3, spoken_corpus, stats_dir, tiny_llm_dir).eval()
+    model.turn_end_delay = 0.32  # the labels below are written out for 0.32 s
     hidden = torch.randn(2, 12, model.llm.hidden_size)
     audio_start = torch.tensor([3, 5])
     audio_lengths = torch.tensor([7, 6])  # 4 chunks (the last of one embedding) and 3
