@@ -933,9 +933,9 @@ class DuplexSession:
         self.charge(t0)
         self.stats["ticks_heard"] += 1
         first = branch.chunks - len(probs)
+        threshold = self.options.respond_threshold
         for i, p in enumerate(probs):
             state = decide_state(p, self.state_rule)
-            threshold = self.options.respond_threshold
             if threshold is not None and float(p[STATE_RESPOND]) >= threshold:
                 state = STATE_RESPOND
             self.event("state", state=STATE_NAMES[state], chunk=first + i,

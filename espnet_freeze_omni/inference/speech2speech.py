@@ -59,10 +59,10 @@ CODEC_MODEL_FILES = (
     "valid.mel_loss.best.pth", "train.mel_loss.best.pth",
     "valid.total_count.best.pth", "train.total_count.best.pth", "latest.pth",
 )
-# What a packed model holds (scripts/utils/pack_model.py keys).
 # keys of a decode config (conf/decode.yaml) that configure Speech2Speech itself
 DECODE_KEYS = ("max_new_tokens", "top_k", "guidance_scale", "max_codec_tokens", "seed",
                "min_segment_tokens", "long_segment_tokens", "packet_conf")
+# What a packed model holds (scripts/utils/pack_model.py keys).
 PACKED_REQUIRED = ("speech_input_config", "speech_input_model",
                    "speech_output_config", "speech_output_model", "codec_config")
 
@@ -88,7 +88,6 @@ def codec_conf_from_files(config_file: PathLike, model_file: Optional[PathLike] 
     anything else is an espnet gan_codec training config, whose checkpoint is `model_file`
     or, when not given, the first of CODEC_MODEL_FILES found beside the config.
     """
-
     config_file = Path(config_file)
     conf = read_yaml_mapping(config_file, "codec config")
     if conf.get("codec") == "embedded":

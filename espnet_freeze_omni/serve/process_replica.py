@@ -113,7 +113,7 @@ class ProcessReplica:
 
     def detach(self, served: ServedSession) -> None:
         with self._lock:
-            sid = getattr(served, "remote_id", None)
+            sid = served.remote_id
             if self.sessions.pop(sid, None) is not None and self.alive:
                 self._to_child.put(("close", sid))
 
@@ -157,8 +157,7 @@ class ProcessReplica:
             elif served is None or served.closed:
                 continue  # a session closed here while its posts were on the way
             elif kind == "fed":
-                with served._lock:
-                    served.buffered_samples = max(0, served.buffered_samples - payload)
+                served.consumed(payload)
             else:
                 served.post(kind, payload)
 

@@ -74,6 +74,12 @@ class ServedSession:
         elif replica is not None:
             replica.wake()
 
+    def consumed(self, samples: int) -> None:
+        """The model has taken `samples` of the buffered input (a ProcessReplica's child
+        says so; a thread replica counts in take_input)."""
+        with self._lock:
+            self.buffered_samples = max(0, self.buffered_samples - samples)
+
     def close(self) -> None:
         """Stop at once: the worker drops the session (and its caches) at its next look."""
         self.closed = True
