@@ -213,3 +213,38 @@ def test_dialog_turns_bin_targets(tmp_path):
     assert kt.read_kaldi_map(data / "answer") == {"d1-t1": "hello there",
                                                   "side-1": kt.NO_ANSWER}
     assert set(kt.read_kaldi_map(tmp_path / "qa_train/wav.scp")) == {"d1-t1", "side-1"}
+    assert kt.read_kaldi_map(data / "history")["side-1"] == "[]"  # d1 has no turn after t1
+
+
+def test_side_talk_gets_the_history_of_a_dialog_at_a_random_point(tmp_path):
+    """Side talk happens anywhere in a conversation: with probability p its history is a
+    training dialog's after >= 1 exchange (one of the histories the dialog's turns have)."""
+    import json
+
+    from espnet_freeze_omni.bin import dialog_turns
+
+    dialogs = tmp_path / "d.jsonl"
+    turns = [{"role": r, "content": f"{r} {i}"} for i in range(3) for r in ("user", "assistant")]
+    dialogs.write_text(json.dumps({"id": "d1", "turns": turns}) + "\n")
+    data = tmp_path / "qa"
+    data.mkdir()
+    utts = ["d1-t1", "d1-t2", "d1-t3"] + [f"side-{i:02d}" for i in range(40)]
+    for name in ("wav.scp", "utt2spk", "text"):
+        kt.write_kaldi_map(data / name, {u: "x" for u in utts})
+
+    def histories(prob, seed=0):
+        assert dialog_turns.main(["targets", "--dialogs", str(dialogs), "--data_dir", str(data),
+                                  "--valid_every", "0", "--side_talk_history_prob", str(prob),
+                                  "--seed", str(seed)]) == 0
+        return kt.read_kaldi_map(data / "history")
+
+    never, always, some = histories(0.0), histories(1.0), histories(0.5)
+    dialog_points = {always["d1-t2"], always["d1-t3"]}  # after 1 and after 2 exchanges
+    assert always["d1-t1"] == "[]" and len(dialog_points) == 2
+    side = [u for u in utts if u.startswith("side")]
+    assert all(never[u] == "[]" for u in side)
+    assert all(always[u] in dialog_points for u in side)
+    assert {always[u] for u in side} == dialog_points  # both points drawn among 40
+    assert 8 <= sum(some[u] != "[]" for u in side) <= 32
+    assert histories(0.5) == some and histories(0.5, seed=1) != some  # seeded
+    assert kt.read_kaldi_map(data / "answer")["side-00"] == kt.NO_ANSWER

@@ -19,6 +19,8 @@ SMOOTH = dict(scenario="smooth", speech_start=0.1, speech_end=2.0, duration=6.0)
 INTER = dict(scenario="interruption", speech_start=0.0, speech_end=1.8, interrupt_start=3.4,
              interrupt_end=5.4, duration=9.4)
 SIDE = dict(scenario="side_talk", speech_start=0.1, speech_end=2.1, duration=5.1)
+OVER = dict(scenario="side_talk_over_answer", speech_start=0.1, speech_end=2.0,
+            side_talk_start=3.6, side_talk_end=5.4, duration=9.4)
 
 
 # ---------------------------------------------------------------------------- event builders
@@ -47,6 +49,14 @@ def done(answer, text, at=0.0, status="completed"):
 def cut(answer, at, voiced_text):
     return {"type": "interrupted", "time": at, "audio_time": at, "answer_id": answer,
             "voiced_text": voiced_text, "voiced_tokens": 3, "heard_seconds": 1.0}
+
+
+def paused(answer, at):
+    return {"type": "paused", "time": at, "audio_time": at, "answer_id": answer}
+
+
+def resumed(answer, at):
+    return {"type": "resumed", "time": at, "audio_time": at, "answer_id": answer}
 
 
 def answer(k, decided, onset, seconds, text="The capital of Zorvia is Quell.",
@@ -87,27 +97,75 @@ def test_an_answer_heard_after_the_item_or_too_short_takes_no_turn():
     assert clipped.words == 1 and clipped.heard_seconds == 0.5 and not clipped.takes_turn
 
 
+def paused_and_resumed():
+    """Answer 1 sent to play from 2.4 to 5.4 in 0.5 s packets, paused at 3.8 (the packets
+    sent to play after it are taken back), resumed at 4.7: its unplayed 1.6 s sent again
+    from 4.8 to 6.4."""
+    return [ended(2.2)] + speech(1, 2.4, 3.0) + [paused(1, 3.8), resumed(1, 4.7)] + \
+        speech(1, 4.8, 1.6) + [done(1, "The capital of Zorvia is Quell.", 6.4)]
+
+
+def session_events(events):
+    from espnet_freeze_omni.inference.duplex_session import SessionEvent
+
+    return [SessionEvent(e["type"], e["time"], e["audio_time"],
+                         {k: v for k, v in e.items()
+                          if k not in ("type", "time", "audio_time", "samples")})
+            for e in events]
+
+
 def test_spans_agree_with_the_duplex_runner():
     """The scorer reads events.jsonl; its spans are duplex_runner.speech_spans's rule."""
     from espnet_freeze_omni.inference.duplex_runner import speech_spans
-    from espnet_freeze_omni.inference.duplex_session import SessionEvent
 
     events = answer(1, 2.2, 2.4, 3.0) + [cut(1, 3.65, "The capital")] + \
         answer(2, 4.0, 4.1, 2.5)
-    objects = [SessionEvent(e["type"], e["time"], e["audio_time"],
-                            {k: v for k, v in e.items()
-                             if k not in ("type", "time", "audio_time", "samples")})
-               for e in events]
-    expected = speech_spans(objects)
+    expected = speech_spans(session_events(events))
     got = [(a.onset, a.end, a.id) for a in dx.heard_answers(events, duration=100.0)]
     assert len(expected) == 2
     np.testing.assert_allclose(np.array(got), np.array(expected))
+    # a paused and resumed answer too
+    events = paused_and_resumed()
+    got = [(a.onset, a.end, a.id) for a in dx.heard_answers(events, duration=100.0)]
+    np.testing.assert_allclose(np.array(got), np.array(speech_spans(session_events(events))))
+
+
+def test_a_paused_answer_is_not_heard_from_the_pause_to_its_resumed_audio():
+    from espnet_freeze_omni.inference.duplex_runner import heard_packets
+
+    events = paused_and_resumed()
+    pause_index = events.index(paused(1, 3.8))
+    # sent before the pause: heard up to 3.8 at most; nothing heard from 3.8 to 4.8
+    packets = heard_packets(events)
+    assert max(end for _, _, end, i in packets if i < pause_index) == pytest.approx(3.8)
+    assert not [p for p in packets if p[1] < 4.8 and p[2] > 3.8]
+    assert sum(end - start for _, start, end, _ in packets) == pytest.approx(3.0)
+    (a,) = dx.heard_answers(events, duration=9.4)
+    assert (a.onset, a.end) == pytest.approx((2.4, 6.4)) and a.pauses == [[3.8, 4.7]]
+    assert not a.interrupted and not a.left_paused and a.takes_turn and a.words == 6
+    # the item ends in the pause: the audio sent to play beyond 3.8 before it was not heard
+    (short,) = dx.heard_answers(events, duration=4.5)
+    assert (short.onset, short.end) == pytest.approx((2.4, 3.8))
+    assert short.words == 2  # 6 words, 1.4 of its 4.0 s heard extent heard: 2.1
+    # the item's outcome: the answer to A was kept through the side talk
+    o = dx.score_item(OVER, events)
+    assert o["kept"] and o["overlapped"] and o["paused"] and o["resumed"]
+    assert o["pause_seconds"] == pytest.approx(0.9) and not o["cut"] and not o["take_over"]
+    # paused by an interruption and then cut: it stopped being heard at the pause
+    events = answer(1, 2.1, 2.3, 3.0)[:-1] + [paused(1, 3.55), cut(1, 4.4, "The capital")] + \
+        answer(2, 5.6, 5.75, 2.0, heard_input=5.6)
+    o = dx.score_item(INTER, events)
+    assert o["overlapped"] and o["cut"] and o["stop_latency"] == pytest.approx(0.15)
+    assert o["take_over"] and o["latency"] == pytest.approx(0.35)
 
 
 def test_malformed_events_are_named():
     with pytest.raises(ValueError, match=r"item-7\.jsonl\[1\].*'audio' event without 'play_at'"):
         dx.heard_answers([ended(1.0), {"type": "audio", "answer_id": 1, "duration": 0.5}],
                          5.0, where="item-7.jsonl")
+    with pytest.raises(ValueError, match=r"item-7\.jsonl\[1\].*'paused' event without 'time'"):
+        dx.heard_answers([ended(1.0), {"type": "paused", "answer_id": 1}], 5.0,
+                         where="item-7.jsonl")
 
 
 # ---------------------------------------------------------------------------- per scenario
@@ -176,6 +234,56 @@ def test_side_talk_outcomes():
         dx.score_item(dict(SIDE, scenario="chat"), [])
 
 
+def over_answer_items():
+    """side_talk_over_answer items (side talk 3.6-5.4 s) with known outcomes."""
+    return {
+        # the answer to A paused for the side talk and resumed: kept
+        "side_talk_over_answer-1": paused_and_resumed(),
+        # played on through the side talk (no pause): kept
+        "side_talk_over_answer-2": answer(1, 2.2, 2.4, 3.0),
+        # paused, then cut: the side talk was taken for a barge-in and answered
+        "side_talk_over_answer-3": answer(1, 2.2, 2.4, 3.0)[:-1]
+        + [paused(1, 3.8), cut(1, 4.6, "The capital of")]
+        + answer(2, 4.6, 4.8, 2.0, heard_input=4.6),
+        # the answer to A ended before the side talk; the side talk got an answer too
+        "side_talk_over_answer-4": answer(1, 2.2, 2.4, 1.0)
+        + answer(2, 5.6, 5.8, 2.0, heard_input=5.6),
+    }
+
+
+def test_side_talk_over_answer_outcomes():
+    o = {utt: dx.score_item(OVER, events) for utt, events in over_answer_items().items()}
+    kept, played_on, cut_off, answered = (o[f"side_talk_over_answer-{n}"] for n in range(1, 5))
+    assert kept["kept"] and kept["paused"] and kept["resumed"] and kept["overlapped"]
+    assert played_on["kept"] and played_on["overlapped"] and not played_on["paused"]
+    assert played_on["pause_seconds"] is None
+    assert not cut_off["kept"] and cut_off["cut"] and cut_off["take_over"]
+    assert cut_off["paused"] and not cut_off["resumed"] and cut_off["overlapped"]
+    assert not answered["kept"] and answered["take_over"] and not answered["cut"]
+    assert not answered["overlapped"] and answered["a_heard"]
+    # paused and never resumed: the rest of the answer to A was never heard
+    left = dx.score_item(OVER, answer(1, 2.2, 2.4, 3.0)[:-1] + [paused(1, 3.8)])
+    assert not left["kept"] and left["left_paused"] and not left["cut"]
+    # the first answer decided after the side talk began is no answer to A
+    late = dx.score_item(OVER, answer(1, 4.0, 4.2, 2.0, heard_input=4.0))
+    assert not late["kept"] and not late["a_heard"] and late["take_over"]
+    nothing = dx.score_item(OVER, [])
+    assert not nothing["kept"] and not nothing["take_over"] and not nothing["overlapped"]
+
+
+def test_side_talk_over_answer_aggregate():
+    items = {utt: dx.score_item(OVER, events) for utt, events in over_answer_items().items()}
+    value, d = dx.aggregate(items)["duplex_side_talk_over_answer_kept"]
+    assert value == 0.5 and d["better"] == "higher"
+    assert d["items"] == ["side_talk_over_answer-1", "side_talk_over_answer-2"]
+    assert (d["num_items"], d["num_overlapped"], d["num_paused"], d["num_resumed"]) == \
+        (4, 3, 2, 1)
+    assert d["pause_p50"] == pytest.approx(0.9)
+    assert (d["num_cut"], d["num_take_over"], d["num_left_paused"]) == (1, 2, 1)
+    assert dx.SCENARIO_METRICS["side_talk_over_answer"] == \
+        ("duplex_side_talk_over_answer_kept",)
+
+
 # ---------------------------------------------------------------------------- aggregates
 def outcomes():
     items = {
@@ -239,12 +347,14 @@ def test_score_set_writes_metrics_and_results(tmp_path):
         "smooth-0001": (SMOOTH, answer(1, 2.2, 2.3, 2.0)),
         "smooth-0002": (SMOOTH, answer(1, 2.6, 2.7, 2.0)),
         "side_talk-0001": (SIDE, []),
+        "side_talk_over_answer-0001": (OVER, paused_and_resumed()),
     })
     metrics = dx.score_duplex_set(tmp_path / "duplex_info", tmp_path / "decode",
                                   tmp_path / "scores" / "duplex_test", "duplex_test")
     assert metrics["duplex_smooth_latency"][0] == pytest.approx(0.5)
     per_item = [json.loads(l) for l in open(tmp_path / "scores/duplex_test/per_item.jsonl")]
-    assert [p["id"] for p in per_item] == ["side_talk-0001", "smooth-0001", "smooth-0002"]
+    assert [p["id"] for p in per_item] == ["side_talk-0001", "side_talk_over_answer-0001",
+                                           "smooth-0001", "smooth-0002"]
     results = write_results(tmp_path / "scores", tmp_path / "results.json",
                             tmp_path / "RESULTS.md", ["duplex_test"], env={
                                 "date": "d", "os": "o", "python": "p", "torch": "t",
@@ -255,6 +365,8 @@ def test_score_set_writes_metrics_and_results(tmp_path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "|duplex_smooth_latency|0.50|s|2|2|0.66|lower|" in md
     assert "|duplex_side_talk_ignored|1.00|rate|1|1|-|higher|" in md
+    assert results["duplex_side_talk_over_answer_kept"] == 1.0
+    assert "|duplex_side_talk_over_answer_kept|1.00|rate|1|1|-|higher|" in md
 
 
 def test_score_set_names_missing_and_malformed_events(tmp_path):
@@ -273,7 +385,10 @@ def test_command_line(tmp_path, capsys):
     assert dx.main(["--duplex_info", str(tmp_path / "duplex_info"), "--decode_dir",
                     str(tmp_path / "decode"), "--out_dir", str(tmp_path / "s"),
                     "--test_set", "dx"]) == 0
-    assert "duplex_side_talk_ignored        0.000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the name column fits the longest name, duplex_side_talk_over_answer_kept
+    assert f"{'duplex_side_talk_ignored':<33} 0.000" in out
+    assert out.splitlines()[1].index("value") == 34
     metric = json.loads((tmp_path / "s/duplex_side_talk_ignored/metric.json").read_text())
     assert metric["value"] == 0.0 and metric["test_set"] == "dx"
     assert metric["details"]["items"] == []

@@ -563,8 +563,8 @@ def test_commit_after_silence_answers_an_undecided_turn(s2s, spoken, scripted_he
 
 def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, scripted_head):
     """interrupt_on_speech: the answer stops when the VAD hears the user start, before the
-    state head has said anything about the new speech; by default (the paper) the same
-    speech without a "respond" leaves the answer playing."""
+    state head has said anything about the new speech; without it and without the pause
+    (the paper) the same speech without a "respond" leaves the answer playing."""
     first, second = spoken
     gap = np.zeros(int(0.6 * RATE), dtype=np.float32)
     wav = np.concatenate([np.zeros(RATE), first, gap, second,
@@ -576,7 +576,7 @@ def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, s
     s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking then
     try:
         playing = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
-                                vad_min_silence_s=0.3)
+                                vad_min_silence_s=0.3, pause_on_speech=False)
         events, _ = run_duplex(playing, wav)
         stopping = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
                                  vad_min_silence_s=0.3, interrupt_on_speech=True)
@@ -600,6 +600,133 @@ def test_interrupt_on_speech_stops_the_answer_at_the_speech_start(s2s, spoken, s
         answer_ids(events)[:cut[0].data["voiced_tokens"]]
     with pytest.raises(ValueError, match="interrupt_on_speech"):
         s2s.session(vad=False, interrupt_on_speech=True)
+
+
+def _speech_over_an_answer(spoken):
+    """Question 1 at 1 s, then 0.6 s later (over the answer to it) speech 2, then silence;
+    returns the input and the times of question 1's end, speech 2's start and end."""
+    first, second = spoken
+    gap = np.zeros(int(0.6 * RATE), dtype=np.float32)
+    wav = np.concatenate([np.zeros(RATE), first, gap, second,
+                          np.zeros(int(2.5 * RATE))]).astype(np.float32)
+    first_end = (RATE + len(first)) / RATE
+    second_start = first_end + len(gap) / RATE
+    return wav, first_end, second_start, second_start + len(second) / RATE
+
+
+def _heard_answer_audio(events, answer_id, rate):
+    """The answer's audio as the listener heard it, in play order (heard_packets)."""
+    from espnet_freeze_omni.inference.duplex_runner import heard_packets
+
+    pieces = []
+    for a, start, end, i in heard_packets(events):
+        whole = end >= events[i].data["play_at"] + events[i].data["duration"] - 1e-9
+        if a == answer_id:
+            pieces.append((start, events[i].pcm if whole
+                           else events[i].pcm[:int(round((end - start) * rate))]))
+    return np.concatenate([pcm for _, pcm in sorted(pieces, key=lambda p: p[0])])
+
+
+def test_side_talk_over_an_answer_pauses_it_and_it_resumes_whole(s2s, spoken, scripted_head):
+    """pause_on_speech (the default): the answer's sound stops at the tick the VAD hears
+    the user start; the state head says "ignore", and the answer plays on from where it
+    paused: heard end to end it is exactly the answer played without the pause."""
+    wav, first_end, second_start, _ = _speech_over_an_answer(spoken)
+    script = [(first_end + 0.1, first_end + 0.3, STATE_RESPOND),
+              (second_start + 0.6, second_start + 0.8, STATE_IGNORE)]
+    options = dict(vad=True, vad_replay_s=0.32, max_new_tokens=40, vad_min_silence_s=0.3)
+    s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking then
+    try:
+        plain_events, _ = run_duplex(scripted_head(script, pause_on_speech=False, **options),
+                                     wav)
+        session = scripted_head(script, **options)
+        events, track = run_duplex(session, wav)
+    finally:
+        s2s.synthesizer.max_tokens = 30
+    rate = s2s.sample_rate
+    assert not of(plain_events, "paused")
+    paused, resumed = of(events, "paused"), of(events, "resumed")
+    started = [e for e in of(events, "speech_started") if e.data["at"] > second_start - 0.3]
+    ignored = of(events, "ignored")
+    assert len(paused) == len(resumed) == len(started) == len(ignored) == 1
+    assert 0.0 <= paused[0].time - started[0].time < 0.2  # at the tick the VAD fired
+    assert resumed[0].time == ignored[0].time  # side talk: it plays on at once
+    assert resumed[0].data["paused_seconds"] == pytest.approx(
+        resumed[0].time - paused[0].time, abs=1e-3)
+    assert not of(events, "interrupted") and len(of(events, "turn_ended")) == 1
+    done = of(events, "answer_done")
+    assert [d.data["status"] for d in done] == ["completed"]
+    # silence from the pause to the resumption, sound right before and after it
+    p, r = int(round(paused[0].time * rate)), int(round(resumed[0].time * rate))
+    assert np.abs(track[p + 1:r - 1]).max() == 0.0
+    assert np.abs(track[p - rate // 10:p]).max() > 0 and np.abs(track[r:r + rate // 10]).max() > 0
+    # nothing lost, nothing said twice: heard in order it is the whole unpaused answer (the
+    # events' play times are rounded to 0.1 ms, so the cut is read to within 2 samples)
+    whole = _heard_answer_audio(plain_events, 1, rate)
+    after = np.concatenate([e.pcm for e in events[events.index(resumed[0]):]
+                            if e.type == "audio" and e.data["answer_id"] == 1])
+    before = _heard_answer_audio(events[:events.index(paused[0]) + 1], 1, rate)
+    np.testing.assert_array_equal(after, whole[len(whole) - len(after):])
+    np.testing.assert_array_equal(before, whole[:len(before)])
+    assert abs(len(before) + len(after) - len(whole)) <= 2
+    assert answer_ids(events) == answer_ids(plain_events)
+    assert session.answer is None and session.paused_at is None  # played out, retired
+
+
+def test_a_barge_in_stops_the_answer_where_it_paused(s2s, spoken, scripted_head):
+    """Speech over the answer pauses it; the state head says "respond" at the end of the
+    interruption: the answer is cut where it paused (its sound stopped then, not at the
+    decision), the history keeps what was voiced by then, and the new turn is answered."""
+    wav, first_end, second_start, second_end = _speech_over_an_answer(spoken)
+    script = [(first_end + 0.1, first_end + 0.3, STATE_RESPOND),
+              (second_end, second_end + 0.3, STATE_RESPOND)]
+    s2s.synthesizer.max_tokens = 120
+    try:  # (the VAD's 0.5 s wait: the state head hears the silence after the interruption)
+        session = scripted_head(script, vad=True, vad_replay_s=0.32, max_new_tokens=40,
+                                vad_min_silence_s=0.5)
+        events, _ = run_duplex(session, wav)
+    finally:
+        s2s.synthesizer.max_tokens = 30
+    (paused,), (cut,) = of(events, "paused"), of(events, "interrupted")
+    assert cut.data["paused_at"] == pytest.approx(paused.time)
+    assert cut.time > second_end and paused.time - second_start < 0.4
+    assert not of(events, "resumed")
+    first_span = [s for s in speech_spans(events) if s[2] == 1]
+    assert first_span[0][1] == pytest.approx(paused.time)  # the sound stopped at the pause
+    assert cut.data["voiced_tokens"] == paused.data["voiced_tokens"]
+    assert cut.data["voiced_text"] == paused.data["voiced_text"]
+    voiced = cut.data["voiced_tokens"]
+    closing = s2s.template.answer_end_ids() + s2s.template.next_turn_ids()
+    assert session.turns[0].assistant_ids == answer_ids(events)[:voiced] + closing
+    ended = of(events, "turn_ended")
+    assert len(ended) == 2 and of(events, "answer_done")[-1].data["answer_id"] == 2
+
+
+def test_an_answer_finished_while_paused_is_done_after_its_held_audio(s2s, spoken,
+                                                                      scripted_head):
+    """With the answer generated by pump() (a server), an answer that finishes while paused
+    sends `answer_done` only after its held audio has gone out again; flush() resumes it."""
+    wav, first_end, second_start, _ = _speech_over_an_answer(spoken)
+    session = scripted_head([(first_end + 0.1, first_end + 0.3, STATE_RESPOND)], vad=True,
+                            vad_replay_s=0.32, max_new_tokens=40, vad_min_silence_s=3.0,
+                            answer_in_feed=False)
+    decided, over = int((first_end + 0.5) * RATE), int((second_start + 0.3) * RATE)
+    events = feed_in(session, wav[:decided], RATE // 50)
+    assert of(events, "turn_ended") and not of(events, "audio")  # feed() only listens
+    while not of(events, "audio"):
+        events += session.pump(budget_seconds=0.001)  # (at least one step per call)
+    events += feed_in(session, wav[decided:over], RATE // 50)
+    assert of(events, "audio") and len(of(events, "paused")) == 1
+    events += session.pump(budget_seconds=30.0)  # the rest, while paused
+    assert session.answer is not None and not session.answer.generating
+    assert not of(events, "answer_done") and session.answer.held
+    sent = sum(len(e.pcm) for e in of(events, "audio"))
+    events += session.flush()
+    kinds = [e.type for e in events]
+    assert kinds.index("resumed") < kinds.index("answer_done")
+    last_audio = max(i for i, k in enumerate(kinds) if k == "audio")
+    assert last_audio < kinds.index("answer_done")
+    assert sum(len(e.pcm) for e in of(events, "audio")) > sent  # the held audio went out
 
 
 def test_vad_lets_the_state_head_hear_two_seconds_of_silence(s2s, spoken, scripted_head):

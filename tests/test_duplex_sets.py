@@ -35,10 +35,54 @@ def test_plan_is_deterministic_and_has_every_scenario():
             assert item.interrupt_text in QUESTIONS and item.interrupt_text != item.text
         else:
             assert item.interrupt_text is None
+        if item.scenario == "side_talk_over_answer":
+            assert item.side_talk_text in SIDE_TALK and item.second_text == item.side_talk_text
+        else:
+            assert item.side_talk_text is None
         assert item.text in (SIDE_TALK if item.scenario == "side_talk" else QUESTIONS)
     # questions are drawn without repeats until all were used: 3 pause + 3 smooth use 5+1
     used = [i.text for i in a if i.scenario in ("pause", "smooth")]
     assert sorted(set(used[:5])) == sorted(QUESTIONS)
+
+
+# what plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=2, seed=3) planned before
+# side_talk_over_answer was added: (utt, text index, voice, pause, interrupt_text index)
+PLAN_BEFORE_SIDE_TALK_OVER_ANSWER = [
+    ("pause-0001", 3, 931190, (4, 1.06), None),
+    ("pause-0002", 0, 1037769, (3, 1.47), None),
+    ("smooth-0001", 2, 424, None, None),
+    ("smooth-0002", 1, 947424, None, None),
+    ("interruption-0001", 4, 413576, None, 0),
+    ("interruption-0002", 1, 86910, None, 3),
+    ("side_talk-0001", 0, 834058, None, None),
+    ("side_talk-0002", 1, 925542, None, None),
+]
+
+
+def test_side_talk_over_answer_leaves_the_other_scenarios_as_they_were():
+    every = ds.plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=2, seed=3)
+    old = [i for i in every if i.scenario != "side_talk_over_answer"]
+    texts = lambda i: SIDE_TALK if i.scenario == "side_talk" else QUESTIONS  # noqa: E731
+    assert [(i.utt_id, texts(i).index(i.text), i.voice_index, i.pause,
+             None if i.interrupt_text is None else QUESTIONS.index(i.interrupt_text))
+            for i in old] == PLAN_BEFORE_SIDE_TALK_OVER_ANSWER
+    # with or without it in the scenarios, the others are the same, and it is the same
+    # whichever others come with it
+    without = [s for s in ds.SCENARIOS if s != "side_talk_over_answer"]
+    assert ds.plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=2, seed=3,
+                              scenarios=without) == old
+    alone = ds.plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=2, seed=3,
+                               scenarios=["side_talk_over_answer"])
+    assert alone == [i for i in every if i.scenario == "side_talk_over_answer"]
+    assert [i.utt_id for i in alone] == ["side_talk_over_answer-0001",
+                                         "side_talk_over_answer-0002"]
+    # num_items is per scenario: it adds num_items items
+    assert len(every) == 2 * len(ds.SCENARIOS) == len(old) + 2
+    # its questions and side talk are drawn without repeats from decks of its own
+    many = ds.plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=5, seed=3,
+                              scenarios=["side_talk_over_answer"])
+    assert sorted(i.text for i in many) == sorted(QUESTIONS)
+    assert sorted(i.side_talk_text for i in many[:2]) == sorted(SIDE_TALK)
 
 
 def test_plan_subset_and_errors():
@@ -50,6 +94,10 @@ def test_plan_subset_and_errors():
         ds.plan_duplex_set(QUESTIONS, SIDE_TALK, num_items=0)
     with pytest.raises(ValueError, match="2 words or more"):
         ds.plan_duplex_set(["Hello?"], SIDE_TALK, num_items=1, scenarios=["pause"])
+    with pytest.raises(ValueError, match="need side-talk sentences"):
+        ds.plan_duplex_set(QUESTIONS, [], num_items=1, scenarios=["side_talk_over_answer"])
+    with pytest.raises(ValueError, match="need questions"):
+        ds.plan_duplex_set([], SIDE_TALK, num_items=1, scenarios=["side_talk_over_answer"])
 
 
 def test_text_loaders_name_the_bad_line(tmp_path):
@@ -97,8 +145,8 @@ def test_built_set_is_a_valid_data_dir(built):
     for item in items:
         info = infos[item.utt_id]
         assert info["scenario"] == item.scenario and info["text"] == item.text
-        expected = item.text if item.interrupt_text is None \
-            else f"{item.text} {item.interrupt_text}"
+        expected = item.text if item.second_text is None \
+            else f"{item.text} {item.second_text}"  # A then B, or A then the side talk
         assert text[item.utt_id] == expected
 
 
@@ -115,9 +163,9 @@ def test_times_are_measured_on_the_written_audio(built):
         # speech right inside the bounds, none outside them
         assert loud(audio, info["speech_start"], info["speech_start"] + 0.01)
         assert not loud(audio, 0, info["speech_start"])
-        last = info.get("interrupt_end", info["speech_end"])
+        last = info.get("interrupt_end", info.get("side_talk_end", info["speech_end"]))
         assert loud(audio, last - 0.01, last) and not loud(audio, last, info["duration"])
-        if item.scenario != "interruption":
+        if item.scenario not in ds.OVERLAID:
             assert info["speech_end"] == speech_end.speech_end_seconds(wavs[item.utt_id])
         trailing = info["duration"] - last
         if item.scenario == "pause":
@@ -135,6 +183,16 @@ def test_times_are_measured_on_the_written_audio(built):
             assert info["interrupt_start"] - info["speech_end"] == \
                 pytest.approx(ds.INTERRUPT_GAP, abs=0.05)
             assert trailing == pytest.approx(ds.INTERRUPT_TRAILING, abs=0.02)
+        elif item.scenario == "side_talk_over_answer":
+            # question A, then the side talk where the answer to A would be playing
+            assert info["side_talk_text"] == item.side_talk_text
+            assert "interrupt_start" not in info and "interrupt_text" not in info
+            assert not loud(audio, info["speech_end"], info["side_talk_start"])
+            assert loud(audio, info["speech_end"] - 0.01, info["speech_end"])
+            assert loud(audio, info["side_talk_start"], info["side_talk_start"] + 0.01)
+            assert info["side_talk_start"] - info["speech_end"] == \
+                pytest.approx(ds.INTERRUPT_GAP, abs=0.05)
+            assert trailing == pytest.approx(ds.SIDE_TALK_OVER_ANSWER_TRAILING, abs=0.02)
         else:
             want = ds.SMOOTH_TRAILING if item.scenario == "smooth" else ds.SIDE_TALK_TRAILING
             assert trailing == pytest.approx(want, abs=0.02)
@@ -181,6 +239,10 @@ GOOD = dict(scenario="pause", speech_start=0.1, pause_start=1.0, pause_end=2.2,
     (dict(GOOD, pause_end=0.5), "times must satisfy speech_start <= pause_start"),
     (dict(scenario="interruption", speech_start=0, speech_end=2, interrupt_start=1.5,
           interrupt_end=3, duration=5), "speech_end <= interrupt_start"),
+    (dict(scenario="side_talk_over_answer", speech_start=0, speech_end=2, side_talk_start=3.6,
+          duration=8), "side_talk_end must be a number"),
+    (dict(scenario="side_talk_over_answer", speech_start=0, speech_end=2, side_talk_start=3.6,
+          side_talk_end=3.0, duration=8), "side_talk_start <= side_talk_end"),
 ])
 def test_check_duplex_info_rejects(value, message):
     text = value if isinstance(value, str) else json.dumps(value)
@@ -191,6 +253,9 @@ def test_check_duplex_info_accepts_each_scenario():
     assert ds.check_duplex_info(json.dumps(GOOD)) is None
     assert ds.check_duplex_info(dict(scenario="smooth", speech_start=0, speech_end=1.5,
                                      duration=5.5)) is None
+    assert ds.check_duplex_info(dict(scenario="side_talk_over_answer", speech_start=0.1,
+                                     speech_end=2.0, side_talk_start=3.6, side_talk_end=5.4,
+                                     duration=9.4)) is None
 
 
 def test_a_bad_line_is_named_by_file_line_and_item(tmp_path):

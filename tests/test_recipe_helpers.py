@@ -238,7 +238,8 @@ def test_driver_stages_1_to_4(synthetic_recipe):
     assert validation.validate_data_dir(d, check_audio=True, sample_rate=16000) == []
     assert (d / "duplex_info").read_text() == (recipe / "data/duplex_test/duplex_info").read_text()
     assert sorted(kt.read_kaldi_map(d / "duplex_info")) == \
-        ["interruption-0001", "pause-0001", "side_talk-0001", "smooth-0001"]
+        ["interruption-0001", "pause-0001", "side_talk-0001", "side_talk_over_answer-0001",
+         "smooth-0001"]
     assert "duplex_test is a test set: copied whole" in out
     assert not (recipe / "dump/raw24k/duplex_test").exists()
     assert not (recipe / "dump/raw24k/train").exists()  # speech output does not train on it
@@ -411,7 +412,7 @@ def test_driver_runs_stages_1_to_17_like_the_demo(tmp_path):
     # duration and the session's events per item, scored per scenario
     dx = recipe / "exp/decode/duplex_test"
     items = kt.read_kaldi_map(recipe / "dump/raw16k/duplex_test/wav.scp")
-    assert len(items) == 4 and sorted(kt.read_kaldi_map(dx / "summary")) == sorted(items)
+    assert len(items) == 5 and sorted(kt.read_kaldi_map(dx / "summary")) == sorted(items)
     for utt, path in items.items():
         track = soundfile.info(dx / "wav" / f"{utt}.wav")
         assert track.samplerate == 24000

@@ -24,7 +24,7 @@ import torch
 
 from test_speech2speech import pack, s2s, work  # noqa: F401 (fixtures)
 
-from espnet_freeze_omni.models.speech_input import STATE_LISTEN, STATE_RESPOND
+from espnet_freeze_omni.models.speech_input import STATE_IGNORE, STATE_LISTEN, STATE_RESPOND
 from espnet_freeze_omni.serve.audio import StreamingResampler, decode_pcm16, encode_pcm16
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -535,6 +535,61 @@ def test_latency_of_an_answer_done_before_the_vads_silence_wait_is_still_reporte
     assert latency["speech_end_to_first_audio_s"] is not None
     assert 0.0 < latency["speech_end_to_first_audio_s"] < 3.0
     assert latency["speech_end_to_decision_s"] >= 0.0
+    wait_sessions(server, 0)
+
+
+def test_speech_over_an_answer_pauses_it_and_side_talk_resumes_it(server, s2s, monkeypatch,
+                                                                   tmp_path):
+    """semantic_vad (the state head takes turns): the user speaks over the answer, the
+    client is told to stop playback (freeze_omni.paused); the head calls it side talk, the
+    answer goes on (freeze_omni.resumed, its unplayed rest sent again) and completes."""
+    from espnet_freeze_omni.data.audio import load_audio
+    from espnet_freeze_omni.data.espeak import synthesize
+
+    speech = load_audio(str(synthesize("what color is the sky over paris",
+                                       tmp_path / "q.wav")), RATE)
+    side = load_audio(str(synthesize("hold on a second please", tmp_path / "s.wav")), RATE)
+    phase = {"state": STATE_LISTEN}
+
+    def head(hidden):
+        out = torch.full(hidden.shape[:-1] + (3,), -5.0)
+        out[..., phase["state"]] = 5.0
+        return out
+
+    monkeypatch.setattr(s2s.listener.model, "state_logits", head)
+    monkeypatch.setattr(s2s.synthesizer, "max_tokens", 120)  # 3 s per segment: still talking
+
+    async def run():
+        client = await Client.open(server)
+        await client.send(type="session.update", session={
+            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm",
+                                                              "rate": RATE},
+                                                   "turn_detection": {"type": "semantic_vad"}}},
+            "freeze_omni": {"max_new_tokens": 40}})
+        await client.until("session.updated")
+        await client.stream(np.concatenate([np.zeros(RATE // 2, np.float32), speech]))
+        phase["state"] = STATE_RESPOND
+        await client.stream(np.zeros(int(0.3 * RATE), np.float32))
+        await client.until("response.output_audio.delta")
+        phase["state"] = STATE_LISTEN
+        await client.stream(np.concatenate([np.zeros(int(0.2 * RATE), np.float32), side]))
+        await client.until("freeze_omni.paused", timeout=10)
+        phase["state"] = STATE_IGNORE  # side talk
+        await client.stream(np.zeros(int(0.5 * RATE), np.float32))
+        await client.until("freeze_omni.resumed", timeout=10)
+        phase["state"] = STATE_LISTEN
+        done = await client.until("response.done", timeout=60)
+        await client.ws.close()
+        return client, done
+
+    client, done = asyncio.run(asyncio.wait_for(run(), 90))
+    kinds = [e["type"] for e in client.events]
+    assert done["response"]["status"] == "completed" and not client.of("freeze_omni.interrupted")
+    paused, resumed = kinds.index("freeze_omni.paused"), kinds.index("freeze_omni.resumed")
+    assert paused < resumed < kinds.index("response.done")
+    assert "response.output_audio.delta" in kinds[resumed:]  # the rest is sent again
+    assert client.of("freeze_omni.resumed")[0]["paused_ms"] > 0
+    assert len(client.of("response.created")) == 1  # the side talk got no answer
     wait_sessions(server, 0)
 
 

@@ -12,7 +12,15 @@ turn of dialog D is utterance `D-t<k>` (the ids qa_test_refs.jsonl uses too).
     # with the regenerated answers); every --valid_every-th dialog goes to <dir>_valid,
     # the rest to <dir>_train
     python -m espnet_freeze_omni.bin.dialog_turns targets \
-        --dialogs qa_train.regenerated.jsonl --data_dir DIR [--valid_every 20]
+        --dialogs qa_train.regenerated.jsonl --data_dir DIR [--valid_every 20] \
+        [--side_talk_history_prob 0.75] [--seed 0]
+
+Side talk (utterances in no dialog) happens at any point of a conversation, so with
+probability --side_talk_history_prob its history is that of a random training dialog after
+a random number (>= 1) of its exchanges, else empty (the start of a conversation). With
+side talk only ever at a conversation's start, the state head learned "after an exchange,
+speech is a question": it answered 16 of 20 side-talk sentences heard after one answered
+question, and 20 of 25 spoken over an answer (docs/experiments/2026-12-07-barge-in-pause.md).
 """
 import argparse
 import json
@@ -66,6 +74,13 @@ def targets(args):
                            {"role": "assistant", "content": reply or ""}]
     utts = list(read_kaldi_map(data_dir / "utt2spk"))
     not_in_dialogs = [u for u in utts if u not in answer]  # side talk: nothing to answer
+    rng = random.Random(f"side-talk-history-{args.seed}")
+    prefixes = [history[u] for u in sorted(history) if history[u] != "[]"]
+    with_history = 0
+    for utt in sorted(not_in_dialogs):
+        if prefixes and rng.random() < args.side_talk_history_prob:
+            history[utt] = rng.choice(prefixes)  # a dialog after >= 1 exchange
+            with_history += 1
     write_kaldi_map(data_dir / "answer", {u: answer.get(u, NO_ANSWER) for u in utts})
     write_kaldi_map(data_dir / "history", {u: history.get(u, "[]") for u in utts})
     dialogs = sorted({dialog_of.get(u, u) for u in utts})
@@ -74,7 +89,8 @@ def targets(args):
     subset_data_dir(data_dir, f"{data_dir}_valid", valid)
     subset_data_dir(data_dir, f"{data_dir}_train", sorted(set(utts) - set(valid)))
     print(f"{data_dir}: answers and histories for {len(utts)} utterances "
-          f"({len(not_in_dialogs)} not addressed to the assistant: answer {NO_ANSWER}); "
+          f"({len(not_in_dialogs)} not addressed to the assistant: answer {NO_ANSWER}, "
+          f"{with_history} of them after a dialog's history); "
           f"{len(valid)} utterances of {len(valid_dialogs)} dialogs -> {data_dir}_valid, "
           f"{len(utts) - len(valid)} -> {data_dir}_train")
 
@@ -95,6 +111,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialogs", required=True)
     p.add_argument("--data_dir", required=True)
     p.add_argument("--valid_every", type=int, default=20)
+    p.add_argument("--side_talk_history_prob", type=float, default=0.75,
+                   help="share of side talk given a random dialog's history (see above)")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=targets)
     return parser
 

@@ -78,9 +78,14 @@ def get_parser() -> argparse.ArgumentParser:
     group.add_argument("--turn_detection", default="state_head",
                        choices=("state_head", "vad", "manual"))
     group.add_argument("--barge_in", type=str2bool, default=True)
+    group.add_argument("--pause_on_speech", type=str2bool, default=True,
+                       help="with VAD: pause an answer as soon as the user starts speaking; "
+                            "the state head then cuts it (respond) or resumes it (ignore, "
+                            "or the speech stops undecided). false: it plays on until the "
+                            "state head says respond, as the paper")
     group.add_argument("--interrupt_on_speech", type=str2bool, default=False,
-                       help="with VAD: stop an answer as soon as the user starts speaking "
-                            "(default: when the state head says respond, as the paper)")
+                       help="with VAD: cut an answer as soon as the user starts speaking, "
+                            "side talk too (OpenAI's server VAD); overrides the pause")
     group.add_argument("--commit_after_silence_s", type=float, default=None,
                        help="with VAD: answer a turn the state head left undecided this "
                             "long after the speech stopped (default: never)")
@@ -124,6 +129,7 @@ def session_options(args) -> dict:
                 vad_min_silence_s=args.vad_min_silence_s, vad_replay_s=args.vad_replay_s,
                 turn_detection=args.turn_detection, barge_in=args.barge_in,
                 interrupt_on_speech=args.interrupt_on_speech,
+                pause_on_speech=args.pause_on_speech,
                 commit_after_silence_s=args.commit_after_silence_s,
                 max_turn_seconds=args.max_turn_seconds, max_new_tokens=args.max_new_tokens,
                 state_rule=args.state_rule, respond_threshold=args.respond_threshold,

@@ -1,4 +1,4 @@
-"""Duplex test sets after Full-Duplex-Bench v1: one user channel, four scenarios.
+"""Duplex test sets after Full-Duplex-Bench v1 (and v1.5): one user channel, five scenarios.
 
     items = plan_duplex_set(questions, side_talk, num_items=25, seed=0)
     build_duplex_set(items, "data/duplex_test", "data/local/wav/duplex_test")
@@ -15,19 +15,30 @@ answer is judged by when it speaks (scoring/duplex.py):
                   assistant should stop and answer B
     side_talk     a sentence addressed to someone else, then 3 s of silence: the assistant
                   should stay silent
+    side_talk_over_answer
+                  question A, silence, then a side-talk sentence (addressed to someone else,
+                  as in side_talk) starting 1.6 s after A's speech end, so over the answer
+                  to A if one is being spoken, then 4 s of silence: the assistant should
+                  neither drop its answer to A for good nor answer the side talk (after
+                  Full-Duplex-Bench v1.5's "talking to others" / background speech)
 
-The data dir holds wav.scp, text (for interruption: A then B), utt2spk, spk2utt and
-`duplex_info`, one `<utt> <JSON>` line per item with its scenario and its times in seconds,
-all measured on the written audio (10 ms frames louder than 2 % of the loudest one, as
-`speech_end.speech_end_seconds`), never taken from the nominal plan:
+`num_items` is per scenario: a set of all five scenarios has 5 * num_items items.
+
+The data dir holds wav.scp, text (for interruption: A then B; for side_talk_over_answer: A
+then the side talk), utt2spk, spk2utt and `duplex_info`, one `<utt> <JSON>` line per item
+with its scenario and its times in seconds, all measured on the written audio (10 ms frames
+louder than 2 % of the loudest one, as `speech_end.speech_end_seconds`), never taken from
+the nominal plan:
 
     every scenario  speech_start, speech_end (of the item's first utterance), duration
     pause           pause_start, pause_end (the silence inside the question)
     interruption    interrupt_start, interrupt_end (question B)
+    side_talk_over_answer
+                    side_talk_start, side_talk_end (the side-talk sentence)
 
-plus the texts (`text`, `interrupt_text`) and what was planned (`voice`, `nominal_pause`,
-`pause_after_word`). Item ids are `<scenario>-NNNN`. Everything is deterministic given the
-seed and the texts.
+plus the texts (`text`, `interrupt_text`, `side_talk_text`) and what was planned (`voice`,
+`nominal_pause`, `pause_after_word`). Item ids are `<scenario>-NNNN`. Everything is
+deterministic given the seed and the texts.
 """
 from __future__ import annotations
 
@@ -50,13 +61,16 @@ from espnet_freeze_omni.data.kaldi_table import (
 )
 from espnet_freeze_omni.data.speech_end import loud_frames, speech_end_seconds
 
-SCENARIOS = ("pause", "smooth", "interruption", "side_talk")
+# side_talk_over_answer came last, with random streams of its own (plan_duplex_set): the
+# items of the four before it are what they were without it
+SCENARIOS = ("pause", "smooth", "interruption", "side_talk", "side_talk_over_answer")
 PAUSE_SECONDS = (1.0, 2.0)  # the pause inside a question, uniform
 PAUSE_TRAILING = 3.0  # seconds of silence after a paused question
 SMOOTH_TRAILING = 4.0
 INTERRUPT_GAP = 1.6  # question B starts this long after the end of question A
 INTERRUPT_TRAILING = 4.0
 SIDE_TALK_TRAILING = 3.0
+SIDE_TALK_OVER_ANSWER_TRAILING = 4.0  # the side talk starts INTERRUPT_GAP after question A
 
 # the times each scenario's duplex_info carries, in the order they must come
 TIMES = {
@@ -65,7 +79,11 @@ TIMES = {
     "interruption": ("speech_start", "speech_end", "interrupt_start", "interrupt_end",
                      "duration"),
     "side_talk": ("speech_start", "speech_end", "duration"),
+    "side_talk_over_answer": ("speech_start", "speech_end", "side_talk_start", "side_talk_end",
+                              "duration"),
 }
+# the scenarios that speak a second utterance INTERRUPT_GAP after the first one's end
+OVERLAID = ("interruption", "side_talk_over_answer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +96,12 @@ class DuplexItem:
     voice_index: int
     pause: Optional[Tuple[int, float]] = None  # (words before the pause, seconds)
     interrupt_text: Optional[str] = None  # interruption: question B
+    side_talk_text: Optional[str] = None  # side_talk_over_answer: said over the answer
+
+    @property
+    def second_text(self) -> Optional[str]:
+        """What is said INTERRUPT_GAP after the first utterance (OVERLAID scenarios)."""
+        return self.interrupt_text if self.side_talk_text is None else self.side_talk_text
 
 
 # ---------------------------------------------------------------------------- texts
@@ -128,14 +152,27 @@ def plan_duplex_set(questions: Sequence[str], side_talk: Sequence[str], num_item
     """`num_items` items of each scenario, deterministic given the seed and the texts.
 
     Questions are drawn without repeats (pause, then smooth, then both questions of each
-    interruption) until every one was used; each scenario has its own voices and pauses."""
+    interruption) until every one was used; each scenario has its own voices and pauses.
+    side_talk_over_answer draws its questions and side-talk sentences from decks of its own
+    (shuffled by their own seeds), so that adding it changed none of the other items, and
+    choosing it or not changes none of theirs."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown duplex scenario(s) {unknown}: choose from {SCENARIOS}")
     if num_items < 1:
         raise ValueError(f"num_items must be >= 1, got {num_items}")
+    if not questions and any(s != "side_talk" for s in scenarios):
+        raise ValueError(f"scenario(s) {[s for s in scenarios if s != 'side_talk']} need "
+                         "questions, none given")
+    if not side_talk and any(s in ("side_talk", "side_talk_over_answer") for s in scenarios):
+        raise ValueError("side_talk and side_talk_over_answer need side-talk sentences, "
+                         "none given")
     deck = _Deck(questions, random.Random(f"duplex-questions-{seed}"))
     talk = _Deck(side_talk, random.Random(f"duplex-side-talk-{seed}"))
+    over_deck = _Deck(questions,
+                      random.Random(f"duplex-side_talk_over_answer-questions-{seed}"))
+    over_talk = _Deck(side_talk,
+                      random.Random(f"duplex-side_talk_over_answer-side-talk-{seed}"))
     items = []
     for scenario in SCENARIOS:
         if scenario not in scenarios:
@@ -156,8 +193,11 @@ def plan_duplex_set(questions: Sequence[str], side_talk: Sequence[str], num_item
                 first = deck.draw()
                 items.append(DuplexItem(utt, scenario, first, voice,
                                         interrupt_text=deck.draw(avoid=first)))
-            else:
+            elif scenario == "side_talk":
                 items.append(DuplexItem(utt, scenario, talk.draw(), voice))
+            else:
+                items.append(DuplexItem(utt, scenario, over_deck.draw(), voice,
+                                        side_talk_text=over_talk.draw()))
     return items
 
 
@@ -213,20 +253,23 @@ def build_item(item: DuplexItem, wav_path: str | os.PathLike, sample_rate: int =
         synthesize(item.text, first, sample_rate=sample_rate, pause=item.pause, **voice)
         audio = _read(first, sample_rate)
         end_a = speech_end_seconds(first)
-        if item.scenario == "interruption":
+        if item.scenario in OVERLAID:
+            # the second utterance starts INTERRUPT_GAP after the first one's speech end
+            trailing = {"interruption": INTERRUPT_TRAILING,
+                        "side_talk_over_answer": SIDE_TALK_OVER_ANSWER_TRAILING}[item.scenario]
             second = Path(tmp) / "b.wav"
-            synthesize(item.interrupt_text, second, sample_rate=sample_rate, **voice)
+            synthesize(item.second_text, second, sample_rate=sample_rate, **voice)
             audio_b = _read(second, sample_rate)
             lead_b = speech_bounds(audio_b, sample_rate)[0]
             end_b = speech_end_seconds(second)
             offset = int(round((end_a + INTERRUPT_GAP - lead_b) * sample_rate))
             total = max(offset + len(audio_b), int(round((offset / sample_rate + end_b
-                                                          + INTERRUPT_TRAILING) * sample_rate)))
+                                                          + trailing) * sample_rate)))
             mix = np.zeros(total, dtype=np.float32)
             head = min(len(audio), total)
             mix[:head] += audio[:head]
             mix[offset:offset + len(audio_b)] += audio_b
-            audio = _pad_to(mix, offset / sample_rate + end_b + INTERRUPT_TRAILING, sample_rate)
+            audio = _pad_to(mix, offset / sample_rate + end_b + trailing, sample_rate)
         else:
             trailing = {"pause": PAUSE_TRAILING, "smooth": SMOOTH_TRAILING,
                         "side_talk": SIDE_TALK_TRAILING}[item.scenario]
@@ -250,12 +293,16 @@ def build_item(item: DuplexItem, wav_path: str | os.PathLike, sample_rate: int =
                                f"the speech: {gap_start}-{gap_end} s)")
         info.update(pause_start=gap_start, pause_end=gap_end, speech_end=end,
                     nominal_pause=seconds, pause_after_word=k)
-    elif item.scenario == "interruption":
+    elif item.scenario in OVERLAID:
         if gap_end - gap_start < INTERRUPT_GAP - 0.3:
             raise RuntimeError(f"{wav_path}: no {INTERRUPT_GAP} s silence between the "
-                               f"questions (longest: {gap_start}-{gap_end} s)")
-        info.update(speech_end=gap_start, interrupt_start=gap_end, interrupt_end=end,
-                    interrupt_text=item.interrupt_text)
+                               f"utterances (longest: {gap_start}-{gap_end} s)")
+        if item.scenario == "interruption":
+            info.update(speech_end=gap_start, interrupt_start=gap_end, interrupt_end=end,
+                        interrupt_text=item.interrupt_text)
+        else:
+            info.update(speech_end=gap_start, side_talk_start=gap_end, side_talk_end=end,
+                        side_talk_text=item.side_talk_text)
     else:
         info.update(speech_end=end)
     problem = check_duplex_info(info)
@@ -288,7 +335,7 @@ def build_duplex_set(items: Sequence[DuplexItem], data_dir: str | os.PathLike,
 
             results = tqdm(results, total=len(items), desc=f"espeak-ng -> {data_dir}")
         infos = dict(zip(ids, results))
-    texts = {i.utt_id: i.text if i.interrupt_text is None else f"{i.text} {i.interrupt_text}"
+    texts = {i.utt_id: i.text if i.second_text is None else f"{i.text} {i.second_text}"
              for i in items}
     utt2spk = {u: infos[u]["voice"].replace("+", "_") for u in ids}
     write_kaldi_map(data_dir / "wav.scp", {u: str(wav_dir / f"{u}.wav") for u in ids})
@@ -352,8 +399,9 @@ def make_duplex_set(refs: str | os.PathLike, side_talk: str | os.PathLike,
                     progress: bool = False) -> List[DuplexItem]:
     """The whole set from a refs jsonl ("question") and a side-talk text file."""
     needs_questions = any(s != "side_talk" for s in scenarios)
+    needs_side_talk = any(s in ("side_talk", "side_talk_over_answer") for s in scenarios)
     questions = load_questions(refs) if needs_questions else []
-    sentences = load_sentences(side_talk) if "side_talk" in scenarios else []
+    sentences = load_sentences(side_talk) if needs_side_talk else []
     items = plan_duplex_set(questions, sentences, num_items, seed, scenarios)
     wav_dir = Path(wav_dir) if wav_dir else Path(data_dir) / "wav"
     build_duplex_set(items, data_dir, wav_dir, sample_rate, num_workers, progress)
@@ -366,19 +414,24 @@ def get_parser():
 
     parser = argparse.ArgumentParser(
         description="Make a duplex test set (Full-Duplex-Bench v1 style: pause, smooth, "
-                    "interruption, side_talk) as a Kaldi data dir with duplex_info.",
+                    "interruption, side_talk; v1.5 style: side_talk_over_answer) as a Kaldi "
+                    "data dir with duplex_info.",
         epilog="python -m espnet_freeze_omni.data.duplex_sets --refs "
                "data/local/world/qa_test_refs.jsonl --side_talk "
                "data/local/world/side_talk_test.txt --out data/duplex_test "
                "--wav_dir data/local/wav/duplex_test --num_items 25")
     parser.add_argument("--refs", required=True,
                         help='JSON lines with a "question" (e.g. qa_test_refs.jsonl): the '
-                             "questions of pause, smooth and interruption items")
+                             "questions of pause, smooth, interruption and "
+                             "side_talk_over_answer items")
     parser.add_argument("--side_talk", required=True,
-                        help="one sentence a line, not addressed to the assistant")
+                        help="one sentence a line, not addressed to the assistant (side_talk "
+                             "and side_talk_over_answer items)")
     parser.add_argument("--out", required=True, help="the data dir to write")
     parser.add_argument("--wav_dir", default=None, help="where the wavs go (default <out>/wav)")
-    parser.add_argument("--num_items", type=int, default=25, help="items per scenario")
+    parser.add_argument("--num_items", type=int, default=25,
+                        help="items per scenario (the set has this many times the number of "
+                             "scenarios)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample_rate", type=int, default=16000)

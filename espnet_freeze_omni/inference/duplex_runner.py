@@ -6,13 +6,14 @@
 The input is fed in `feed_seconds` pieces as a microphone would deliver it; `output` is a
 time-synchronous 24 kHz track of exactly the input's duration holding the assistant's
 speech at the time it would be heard (each packet at its `play_at`), cut where a barge-in
-stopped it. With the session's `clock="measured"` the times include this machine's compute,
-so the track is what real time would have produced, however fast the run itself went.
+stopped or paused it (heard_packets). With the session's `clock="measured"` the times
+include this machine's compute, so the track is what real time would have produced, however
+fast the run itself went.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,19 +32,57 @@ def run_duplex(session: DuplexSession, wav: np.ndarray, feed_seconds: float = 0.
     return events, render_output(events, duration, session.output_sample_rate)
 
 
+def _fields(event) -> Dict[str, Any]:
+    return event.to_dict() if isinstance(event, SessionEvent) else event
+
+
+def heard_packets(events: Sequence[Any], where: str = "events"
+                  ) -> List[Tuple[int, float, float, int]]:
+    """(answer id, start, end, event index) of what was heard of each `audio` event, in
+    seconds: from its `play_at` for its `duration`, cut at its answer's `interrupted` event
+    (the barge-in stopped it there) and, for a packet sent before a `paused` event of its
+    answer, at that pause (the user started speaking: the unplayed rest is sent again at
+    `resumed`, in new audio events). Packets heard not at all are left out. `events` are
+    SessionEvents or their `to_dict()` dicts (events.jsonl); `where` names the source in the
+    error a malformed event gets."""
+    def get(event, key, i):
+        if key not in event:
+            raise ValueError(f"{where}[{i}]: a {event.get('type')!r} event without {key!r}")
+        return event[key]
+
+    dicts = [_fields(e) for e in events]
+    cut: Dict[int, float] = {}
+    for i, e in enumerate(dicts):
+        if e.get("type") == "interrupted":
+            cut[int(get(e, "answer_id", i))] = float(get(e, "time", i))
+    pending: Dict[int, List[List[Any]]] = {}  # packets sent since the answer's last pause
+    out: List[List[Any]] = []
+    for i, e in enumerate(dicts):
+        kind = e.get("type")
+        if kind == "audio":
+            k = int(get(e, "answer_id", i))
+            start = float(get(e, "play_at", i))
+            end = start + float(get(e, "duration", i))
+            if k in cut:
+                end = min(end, cut[k])
+            packet = [k, start, end, i]
+            out.append(packet)
+            pending.setdefault(k, []).append(packet)
+        elif kind == "paused":
+            at = float(get(e, "time", i))
+            for packet in pending.pop(int(get(e, "answer_id", i)), []):
+                packet[2] = min(packet[2], at)
+    return [(k, start, end, i) for k, start, end, i in out if end > start]
+
+
 def render_output(events: List[SessionEvent], duration: float, rate: int) -> np.ndarray:
-    """The assistant's audio placed at its play times, `duration` seconds long."""
+    """The assistant's audio placed at its play times (heard_packets), `duration` seconds
+    long."""
     total = int(round(duration * rate))
     out = np.zeros(total, dtype=np.float32)
-    cut = {e.data["answer_id"]: e.time for e in events if e.type == "interrupted"}
-    for e in events:
-        if e.type != "audio":
-            continue
-        start = int(round(e.data["play_at"] * rate))
-        pcm = e.pcm
-        stop_at = cut.get(e.data["answer_id"])
-        if stop_at is not None:  # the part after the barge-in was never heard
-            pcm = pcm[:max(0, int(round(stop_at * rate)) - start)]
+    for _, start_s, end_s, i in heard_packets(events):
+        start = int(round(start_s * rate))
+        pcm = events[i].pcm[:max(0, int(round(end_s * rate)) - start)]
         end = min(total, start + len(pcm))
         if end > start:
             out[start:end] = pcm[:end - start]
@@ -52,17 +91,8 @@ def render_output(events: List[SessionEvent], duration: float, rate: int) -> np.
 
 def speech_spans(events: List[SessionEvent]) -> List[Tuple[float, float, int]]:
     """(start, end, answer id) of each answer's heard audio, in seconds."""
-    cut = {e.data["answer_id"]: e.time for e in events if e.type == "interrupted"}
-    spans = {}
-    for e in events:
-        if e.type != "audio":
-            continue
-        a = e.data["answer_id"]
-        start, end = e.data["play_at"], e.data["play_at"] + e.data["duration"]
-        if a in cut:
-            end = min(end, cut[a])
-        if end <= start:
-            continue
+    spans: Dict[int, Tuple[float, float]] = {}
+    for a, start, end, _ in heard_packets(events):
         lo, hi = spans.get(a, (start, end))
         spans[a] = (min(lo, start), max(hi, end))
     return sorted((lo, hi, a) for a, (lo, hi) in spans.items())
@@ -110,7 +140,8 @@ def run_turn(session: DuplexSession, wav: np.ndarray, silence_seconds: float = 1
     # the answer plays out before the next turn (bounded: an answer is finite)
     silence = np.zeros(step, dtype=np.float32)
     while session.answer is not None and (session.answer.generating
-                                          or session.playback_end > session.audio_time):
+                                          or session.playback_end > session.audio_time
+                                          or session.paused_at is not None):
         events += session.feed(silence)
     if decided:
         first = decided[0]

@@ -36,9 +36,16 @@ to from the start of the answer segment being played (see `_refork_without_vad`)
 
 `turn_detection`: "state_head" (the paper), "vad" (a turn ends when the VAD says the speech
 stopped; a baseline) or "manual" (only `commit()` ends a turn, like a push-to-talk button).
-A barge-in stops the answer when the state head says "respond" to the new speech (the
-paper), or with `interrupt_on_speech` as soon as the VAD hears the user start (as OpenAI's
-server VAD does: a faster stop, but side talk stops the answer too).
+When the VAD hears the user start while an answer is out, the answer PAUSES at once
+(`pause_on_speech`, the default: a `paused` event; what was sent to play after it is taken
+back), and the state head decides on the new speech: "respond" cuts the answer where it
+paused (`interrupted`; the barge-in turn is answered), "ignore" (side talk), or the speech
+stopping with no decision, RESUMES it (`resumed`; the held audio is sent again, in new
+`audio` events from that time; `answer_done` waits for it). So a barge-in stops the sound
+within the VAD's onset delay and side talk costs a pause, not the answer. Without the
+pause, the answer plays on until the state head says "respond" (the paper's design: the stop
+comes at the end of the user's interruption), or with `interrupt_on_speech` it is cut as
+soon as the VAD hears the user start (as OpenAI's server VAD does: side talk cuts it too).
 
 Clock: events carry `time`, seconds on the session clock. With `clock="audio"` computing
 takes no time (deterministic: the figures of tests and recipes); with `clock="measured"`
@@ -74,7 +81,7 @@ from espnet_freeze_omni.models.speech_input import (
 
 STATE_NAMES = {STATE_LISTEN: "listen", STATE_RESPOND: "respond", STATE_IGNORE: "ignore"}
 EVENT_TYPES = ("speech_started", "speech_stopped", "state", "turn_ended", "ignored", "text",
-               "audio", "answer_done", "interrupted")
+               "audio", "paused", "resumed", "answer_done", "interrupted")
 TURN_DETECTION = ("state_head", "vad", "manual")
 CLOCKS = ("audio", "measured")
 STATE_RULES = ("argmax", "release")
@@ -164,6 +171,12 @@ class SessionOptions:
     # comes within the VAD's onset delay instead of after the user's interruption, but side
     # talk during an answer then stops it too (the paper: False, the state head decides)
     interrupt_on_speech: bool = False
+    # with VAD: an answer being spoken PAUSES as soon as the VAD hears the user start; the
+    # state head then decides: "respond" cuts it (a barge-in, stopped where it paused),
+    # "ignore" (side talk) or the speech stopping undecided resumes it where it paused. The
+    # stop is as fast as with interrupt_on_speech, and side talk does not lose the answer
+    # (interrupt_on_speech, when set, cuts instead)
+    pause_on_speech: bool = True
     # with VAD: a turn the state head has left undecided this long after the speech stopped
     # is answered anyway (a live demo's fallback; None: wait for the state head, the paper)
     commit_after_silence_s: Optional[float] = None
@@ -339,6 +352,11 @@ class _Answer:
         self.segments: List[Dict[str, Any]] = []  # voiced or voicing: token span, first play
         self._codes = None  # codec-token generator of the segment being voiced
         self._packets = None
+        # audio sent and maybe not yet played: (play_at, pcm, segment), oldest first
+        self.played: Deque = collections.deque()
+        # audio not sent because the answer is paused: (pcm, segment), in order
+        self.held: List = []
+        self.done_pending = False  # generated to the end while paused: answer_done waits
         self.timings: Dict[str, float] = {"decision": decided_at}
         self.compute: Dict[str, float] = collections.defaultdict(float)
 
@@ -350,7 +368,7 @@ class _Answer:
     @torch.no_grad()
     def step(self) -> List[SessionEvent]:
         session = self.session
-        ahead = session.playback_end - session.clock
+        ahead = session.playback_end - session.clock + self.held_seconds
         speech_ready = self._codes is not None or bool(self.queue)
         if speech_ready and (self.llm_done or ahead < session.speech_priority_s):
             return self._speech_step()
@@ -444,7 +462,9 @@ class _Answer:
         if packets:
             session.charge(t0, self.compute, "codec")
             for pcm in packets:
-                events.append(self._audio_event(pcm, current))
+                event = self._audio_event(pcm, current)
+                if event is not None:
+                    events.append(event)
         if not self.generating:
             events += self._finish()
         return events
@@ -454,18 +474,57 @@ class _Answer:
         return packets.first_packet + packets.lookahead if packets.packets_emitted == 0 \
             and not self.segments[:-1] else -1
 
-    def _audio_event(self, pcm, segment) -> SessionEvent:
+    def _audio_event(self, pcm, segment) -> Optional[SessionEvent]:
+        """Send a packet, to play after what was sent before; held while paused (None)."""
         session = self.session
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        self._stamp("first_pcm")
+        if session.paused_at is not None:
+            self.held.append((pcm, segment))
+            return None
         play_at = max(session.clock, session.playback_end)
         duration = len(pcm) / session.output_sample_rate
         session.playback_end = play_at + duration
         if segment["first_play"] is None:
             segment["first_play"] = play_at
-        self._stamp("first_pcm")
         self.timings.setdefault("first_play", play_at)
+        while self.played and self.played[0][0] + len(self.played[0][1]) \
+                / session.output_sample_rate <= session.clock:
+            self.played.popleft()  # played out: a pause can no longer take it back
+        self.played.append((play_at, pcm, segment))
         return session.event("audio", pcm=pcm, answer_id=self.id, segment=segment["index"],
                              play_at=round(play_at, 4), duration=round(duration, 4))
+
+    @property
+    def held_seconds(self) -> float:
+        return sum(len(pcm) for pcm, _ in self.held) / self.session.output_sample_rate
+
+    def hold_unplayed(self, at: float) -> float:
+        """Pause at session time `at`: what was sent to play after `at` is taken back (the
+        listener stops playback there) and held, to be sent again on resume; a segment not
+        begun by then counts as not voiced. Returns the seconds taken back."""
+        rate = self.session.output_sample_rate
+        unplayed = []
+        for play_at, pcm, segment in self.played:
+            if play_at + len(pcm) / rate <= at:
+                continue
+            unplayed.append((pcm[max(0, int(round((at - play_at) * rate))):], segment))
+            if segment["first_play"] is not None and segment["first_play"] >= at:
+                segment["first_play"] = None
+        if self.timings.get("first_play", -1.0) >= at:
+            del self.timings["first_play"]
+        self.played.clear()
+        self.held = unplayed + self.held
+        return sum(len(pcm) for pcm, _ in unplayed) / rate
+
+    def resume(self) -> None:
+        """Send the held audio again, from now on; a finished answer is then done."""
+        held, self.held = self.held, []
+        for pcm, segment in held:
+            self._audio_event(pcm, segment)
+        if self.done_pending:
+            self.done_pending = False
+            self._finish()
 
     def _stamp(self, name: str) -> None:
         self.timings.setdefault(name, self.session.clock)
@@ -484,9 +543,13 @@ class _Answer:
         return self.session.llm.tokenizer.decode(self.tokens[:n], skip_special_tokens=True)
 
     def _finish(self) -> List[SessionEvent]:
-        """All tokens and audio are out: the cache becomes the dialogue history."""
+        """All tokens and audio are out: the cache becomes the dialogue history (while the
+        answer is paused, `answer_done` waits for the held audio to be sent)."""
         session = self.session
         self.finalize()
+        if session.paused_at is not None:
+            self.done_pending = True
+            return []
         done = session.event("answer_done", answer_id=self.id, status="completed",
                              text=self.text.strip(), tokens=len(self.tokens),
                              timings=self.relative_timings(),
@@ -595,6 +658,7 @@ class DuplexSession:
         self.consumed = 0  # input samples processed
         self.clock = 0.0
         self.playback_end = 0.0
+        self.paused_at: Optional[float] = None  # session time the answer's playback paused
         self.listening: Optional[_ListenBranch] = None
         self.answer: Optional[_Answer] = None
         self._answers = 0
@@ -607,6 +671,9 @@ class DuplexSession:
         # though the VAD reports no new start
         self._decided_in_speech = False
         self._silent_since = 0.0  # where the VAD last heard the speech stop (s)
+        # side talk was ignored while the VAD was still in its speech segment: the branch
+        # that reopens on that same speech must not pause the answer again
+        self._ignored_in_speech = False
         self.stats = collections.Counter()
         # codec-token sampling of this session alone: sessions sharing one model (a server)
         # neither share a random stream nor depend on each other's order
@@ -740,6 +807,7 @@ class DuplexSession:
             for ev in self.vad.flush():
                 self._vad_event(ev)
         self._flushed = True
+        self._resume()  # nobody is left to decide on the speech that paused it
         self._catch_up(None)
         if self.answer is not None:
             self.answer.finalize()
@@ -777,6 +845,7 @@ class DuplexSession:
         self._unfed.clear()
         self.listening = None
         self._vad_started_here = False
+        self._resume()
         return self._take()
 
     @torch.no_grad()
@@ -850,9 +919,9 @@ class DuplexSession:
             self._vad_event(ev)
         heard = self.vad is None or self._in_speech or bool(vad_events)
         if self.listening is None and self._may_open(heard):
-            if (self.options.interrupt_on_speech and self.answer is not None
-                    and not self._vad_started_here):
-                self._cancel_answer()  # speech resumed in the VAD's silence: no new start
+            if self.answer is not None and not self._vad_started_here \
+                    and not self._ignored_in_speech:
+                self._speech_over_answer()  # speech resumed in the VAD's silence: no new start
             self._open_branch(replay=self.vad is not None)
         if self.listening is not None and (heard or final):
             self._listen(samples, final)
@@ -884,18 +953,58 @@ class DuplexSession:
         if ev.kind == "speech_stopped":
             self._silent_since = when
             self._decided_in_speech = False
+            self._ignored_in_speech = False
         if ev.kind == "speech_started":
             self._in_speech = True
             self._vad_started_here = True
             self.event("speech_started", at=round(when, 4))
-            if self.options.interrupt_on_speech and self.answer is not None:
-                self._cancel_answer()
+            if self.answer is not None:
+                self._speech_over_answer()
         else:
             self._in_speech = False
             self.event("speech_stopped", at=round(when, 4))
             if (self.options.turn_detection == "vad" and self.listening is not None
                     and self.listening.num_audio):
                 self._decide(STATE_RESPOND, forced=True)
+            # the speech that paused the answer ended and nothing took the turn
+            self._resume()
+
+    def _speech_over_answer(self) -> None:
+        """The user started speaking while an answer is out: cut it (interrupt_on_speech),
+        pause it (pause_on_speech) or let it play on (the state head alone decides)."""
+        if not self.options.barge_in or self.vad is None:
+            return  # without VAD nothing tells speech from silence: the state head decides
+        if self.options.interrupt_on_speech:
+            self._cancel_answer()
+        elif self.options.pause_on_speech:
+            self._pause()
+
+    def _pause(self) -> None:
+        """Stop the answer's playback now and hold the rest (module docstring)."""
+        answer, now = self.answer, self.clock
+        if answer is None or self.paused_at is not None:
+            return
+        if not answer.generating and self.playback_end <= now:
+            return  # played out already: nothing to pause
+        taken_back = answer.hold_unplayed(now)
+        self.playback_end = min(self.playback_end, now)
+        self.paused_at = now
+        self.stats["pauses"] += 1
+        self.event("paused", answer_id=answer.id, voiced_text=answer.voiced_text(now).strip(),
+                   voiced_tokens=answer.voiced_tokens(now),
+                   taken_back_seconds=round(taken_back, 4))
+
+    def _resume(self) -> None:
+        """The speech over the answer was not a turn: the answer plays on from where it
+        paused (its held audio is sent again from now)."""
+        if self.paused_at is None:
+            return
+        paused_at, self.paused_at = self.paused_at, None
+        if self.answer is None:
+            return
+        self.event("resumed", answer_id=self.answer.id,
+                   paused_seconds=round(self.clock - paused_at, 4))
+        self.answer.resume()
 
     def _open_branch(self, replay: bool) -> None:
         self._vad_started_here = False
@@ -953,10 +1062,13 @@ class DuplexSession:
             self._decided_in_speech = True
         if state == STATE_IGNORE:
             self.listening = None
+            self._ignored_in_speech = self.vad is not None and self._in_speech
             self.event("ignored", opened_at=round(branch.opened_at, 4))
+            self._resume()
             return
         # respond: the turn ended; an answer still playing is cut here
         self.listening = None
+        self._ignored_in_speech = False
         if self.answer is not None:
             self._interrupt()
         if branch.fork_voiced is not None and self.turns:
@@ -977,10 +1089,12 @@ class DuplexSession:
         now = self.clock
         voiced = answer.voiced_text(now)
         heard = max(0.0, min(now, self.playback_end) - answer.timings.get("first_play", now))
-        if answer.generating or self.playback_end > now:
+        paused, self.paused_at = self.paused_at, None
+        if answer.generating or self.playback_end > now or answer.held or answer.done_pending:
             self.event("interrupted", answer_id=answer.id, voiced_text=voiced.strip(),
-                       voiced_tokens=answer.voiced_tokens(now), heard_seconds=round(heard, 4))
-            if answer.generating:
+                       voiced_tokens=answer.voiced_tokens(now), heard_seconds=round(heard, 4),
+                       **({} if paused is None else {"paused_at": round(paused, 4)}))
+            if answer.generating or answer.done_pending:
                 answer.turn.assistant_ids = (answer.tokens + self.turn_closing_ids)
                 self.event("answer_done", answer_id=answer.id, status="interrupted",
                            text=answer.text.strip(), tokens=len(answer.tokens),
@@ -1006,7 +1120,8 @@ class DuplexSession:
     def _retire_answer(self) -> None:
         """An answer fully generated and played: its cache is the history from now on."""
         answer = self.answer
-        if answer is not None and not answer.generating and self.playback_end <= self.clock:
+        if answer is not None and not answer.generating and self.playback_end <= self.clock \
+                and self.paused_at is None:
             answer.finalize()
             self.history = answer.cache
             self.answer = None

@@ -1,4 +1,4 @@
-"""Score a decoded duplex test set (recipe stage 16), after Full-Duplex-Bench v1.
+"""Score a decoded duplex test set (recipe stage 16), after Full-Duplex-Bench v1 (and v1.5).
 
     python -m espnet_freeze_omni.scoring.duplex --duplex_info dump/raw16k/duplex_test/duplex_info \\
         --decode_dir exp/decode/duplex_test --out_dir exp/scores/duplex_test --test_set duplex_test
@@ -12,15 +12,22 @@ transcribed. All times are seconds on the item's timeline (the session clock; wi
 
 What the assistant was heard to say. Each answer k (the session's k-th `turn_ended`; its
 `audio_time` is how much input had been heard when it was decided) is heard where its
-`audio` events play: from `play_at` for `duration`, cut at the answer's `interrupted` event
-and at the end of the item (the output track has the input's duration). Its heard span is
-[onset, end] = the first heard audio to the last (duplex_runner.speech_spans, clipped to the
-item). An answer TAKES THE TURN when its heard span lasts >= 1 s or it has > 3 words heard
-and at least some of it is heard: Full-Duplex-Bench's rule that shorter output (< 1 s and
-<= 3 words, a backchannel) takes no turn. Words heard: those it voiced (the `interrupted`
-event's voiced_text, else its answer_done text), in proportion to the part of its audio
-heard before the item's end when the item ends first. Onsets are the play time of an
-answer's first audio packet, not of its first word.
+`audio` events play, by the very rule the output track is rendered with
+(duplex_runner.heard_packets, so the scorer and the track cannot disagree): from `play_at`
+for `duration`, cut at the answer's `interrupted` event and, for audio sent before a
+`paused` event of the answer (the user started speaking), at the pause: what was sent to
+play after it is not heard; a `resumed` answer sends its unplayed rest again in new `audio`
+events, heard from their own play times. Then everything is clipped to the item (the
+output track has the input's duration). Its heard span is [onset, end] = the first heard
+audio to the last (duplex_runner.speech_spans, clipped to the item; a pause inside it
+counts in its length). An answer TAKES THE TURN when its heard span lasts >= 1 s or it has
+> 3 words heard and at least some of it is heard: Full-Duplex-Bench's rule that shorter
+output (< 1 s and <= 3 words, a backchannel) takes no turn. Words heard: those it voiced
+(the `interrupted` event's voiced_text, else its answer_done text), in proportion to the
+part of its heard extent (first to last heard audio had the item not ended) that lies
+before the item's end when the item ends first. Onsets are the play time of an answer's
+first audio packet, not of its first word. Each answer's pauses ([paused, resumed or None]
+session times, from its `paused` and `resumed` events) are listed with it.
 
 Per scenario (each figure over the scenario's items; latencies as P50, with P90 and mean in
 the details, over the items that have one):
@@ -45,11 +52,26 @@ the details, over the items that have one):
     side_talk     duplex_side_talk_ignored: share of items in which no answer takes the turn
                   (higher is better); how many had an explicit `ignored` event is in the
                   details.
+    side_talk_over_answer
+                  question A, then side talk (addressed to someone else) from
+                  side_talk_start to side_talk_end, 1.6 s after A (after Full-Duplex-Bench
+                  v1.5's "talking to others"). The answer to A is the session's first answer
+                  if it was decided before the side talk began (turn_ended audio_time <=
+                  side_talk_start). duplex_side_talk_over_answer_kept (higher is better):
+                  share of items in which the answer to A was heard, was not cut (no
+                  `interrupted` event for it) and was not left paused (every `paused` of it
+                  followed by a `resumed`), and no answer decided after the side talk began
+                  (audio_time > side_talk_start) takes the turn. Details: how many items had
+                  the answer to A being heard at side_talk_start (overlapped), paused,
+                  paused and resumed, the P50 of the first pause's length (resumed minus
+                  paused time) over the paused-and-resumed items, and how many had it cut or
+                  the side talk answered.
 
 Full-Duplex-Bench v1 (synthetic sets) for comparison: Freeze-Omni pause TOR 0.642, smooth TOR
 0.336 at 0.953 s, interruption TOR 0.867 at 1.409 s; Moshi 0.985, 0.941 at 0.265 s, 1.000 at
 0.257 s. Goals of the embedded recipe: pause TOR <= 0.10; smooth TOR >= 0.95 with P50 <= 0.5
-s; interruption TOR >= 0.95 with stop latency <= 0.3 s; side talk ignored >= 0.95.
+s; interruption TOR >= 0.95 with stop latency <= 0.3 s; side talk ignored >= 0.95. No goal
+is set for side talk over an answer (its answer kept: higher is better).
 """
 from __future__ import annotations
 
@@ -70,11 +92,13 @@ SCENARIO_METRICS = {
     "interruption": ("duplex_interrupt_tor", "duplex_interrupt_stop_latency",
                      "duplex_interrupt_latency"),
     "side_talk": ("duplex_side_talk_ignored",),
+    "side_talk_over_answer": ("duplex_side_talk_over_answer_kept",),
 }
 BETTER = {"duplex_pause_tor": "lower", "duplex_smooth_tor": "higher",
           "duplex_smooth_latency": "lower", "duplex_interrupt_tor": "higher",
           "duplex_interrupt_stop_latency": "lower", "duplex_interrupt_latency": "lower",
-          "duplex_side_talk_ignored": "higher"}
+          "duplex_side_talk_ignored": "higher",
+          "duplex_side_talk_over_answer_kept": "higher"}
 SCORER = "duplex_turn_taking"
 SCORER_NAME = ("duplex turn-taking after Full-Duplex-Bench v1 (take-over rates and latencies "
                "from the session's own play times; scoring/duplex.py)")
@@ -91,6 +115,13 @@ class HeardAnswer:
     end: Optional[float] = None  # last heard audio
     words: int = 0  # words heard (module docstring)
     interrupted: bool = False
+    # [paused, resumed] session times of each pause, resumed None if it never resumed
+    pauses: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
+
+    @property
+    def left_paused(self) -> bool:
+        """Paused and never resumed: the rest of it was never heard."""
+        return bool(self.pauses) and self.pauses[-1][1] is None
 
     @property
     def heard_seconds(self) -> float:
@@ -112,20 +143,19 @@ def heard_answers(events: Sequence[dict], duration: float, where: str = "events"
                   ) -> List[HeardAnswer]:
     """Every answer of an item's events (dicts of SessionEvent.to_dict) as it was heard
     within [0, duration] (module docstring). `where` names the source in errors."""
+    # the runner's rule: what is heard is what the output track holds
+    from espnet_freeze_omni.inference.duplex_runner import heard_packets
+
     answers: Dict[int, HeardAnswer] = {}
 
     def answer(k: int) -> HeardAnswer:
         return answers.setdefault(k, HeardAnswer(k))
 
-    cut: Dict[int, float] = {}
-    played: Dict[int, Tuple[float, float]] = {}  # audio extent had the item not ended
     for i, e in enumerate(events):
-        kind = e.get("type")
-        if kind == "interrupted":
-            k = int(_field(e, "answer_id", f"{where}[{i}]"))
-            cut[k] = float(_field(e, "time", f"{where}[{i}]"))
-            answer(k).interrupted = True
-            answer(k).words = len(str(e.get("voiced_text", "")).split())
+        if e.get("type") == "interrupted":
+            a = answer(int(_field(e, "answer_id", f"{where}[{i}]")))
+            a.interrupted = True
+            a.words = len(str(e.get("voiced_text", "")).split())
     ended = 0
     for i, e in enumerate(events):
         kind, at = e.get("type"), f"{where}[{i}]"
@@ -138,20 +168,25 @@ def heard_answers(events: Sequence[dict], duration: float, where: str = "events"
             a = answer(int(_field(e, "answer_id", at)))
             if not a.interrupted:
                 a.words = len(str(e.get("text", "")).split())
-        elif kind == "audio":
+        elif kind == "audio":  # an answer all of whose audio went unheard is listed too
+            answer(int(_field(e, "answer_id", at)))
+        elif kind == "paused":
             a = answer(int(_field(e, "answer_id", at)))
-            start = float(_field(e, "play_at", at))
-            end = start + float(_field(e, "duration", at))
-            if a.id in cut:
-                end = min(end, cut[a.id])
-            if end > start:
-                lo, hi = played.get(a.id, (start, end))
-                played[a.id] = (min(lo, start), max(hi, end))
-            start, end = max(start, 0.0), min(end, duration)
-            if end <= start:
-                continue
-            a.onset = start if a.onset is None else min(a.onset, start)
-            a.end = end if a.end is None else max(a.end, end)
+            a.pauses.append([float(_field(e, "time", at)), None])
+        elif kind == "resumed":
+            a = answer(int(_field(e, "answer_id", at)))
+            if a.pauses and a.pauses[-1][1] is None:
+                a.pauses[-1][1] = float(_field(e, "time", at))
+    played: Dict[int, Tuple[float, float]] = {}  # heard extent had the item not ended
+    for k, start, end, _ in heard_packets(events, where):
+        lo, hi = played.get(k, (start, end))
+        played[k] = (min(lo, start), max(hi, end))
+        start, end = max(start, 0.0), min(end, duration)
+        if end <= start:
+            continue
+        a = answer(k)
+        a.onset = start if a.onset is None else min(a.onset, start)
+        a.end = end if a.end is None else max(a.end, end)
     for k, a in answers.items():
         lo, hi = played.get(k, (0.0, 0.0))
         if hi > lo and a.heard_seconds < hi - lo:  # the item ended (or began) inside it
@@ -191,6 +226,25 @@ def score_item(info: dict, events: Sequence[dict], where: str = "events") -> dic
     elif scenario == "side_talk":
         out.update(take_over=first is not None, ignored=first is None,
                    ignored_event=any(e.get("type") == "ignored" for e in events))
+    elif scenario == "side_talk_over_answer":
+        start = info["side_talk_start"]
+        # the answer to A: the first answer, if decided before the side talk began (one
+        # decided later heard the side talk: it counts as answering it)
+        a = answers[0] if answers and answers[0].heard_input is not None \
+            and answers[0].heard_input <= start else None
+        to_side = [b for b in turns if b.heard_input is not None and b.heard_input > start]
+        pause = a.pauses[0] if a is not None and a.pauses else None
+        out.update(a_heard=bool(a and a.onset is not None),
+                   overlapped=bool(a and a.onset is not None and a.onset <= start < a.end),
+                   paused=pause is not None,
+                   resumed=bool(pause and pause[1] is not None),
+                   pause_seconds=round(pause[1] - pause[0], 4)
+                   if pause and pause[1] is not None else None,
+                   left_paused=bool(a and a.left_paused),
+                   cut=bool(a and a.interrupted),
+                   take_over=bool(to_side),
+                   kept=bool(a and a.onset is not None and not a.interrupted
+                             and not a.left_paused and not to_side))
     else:
         raise ValueError(f"{where}: unknown scenario {scenario!r}")
     return out
@@ -225,7 +279,9 @@ def aggregate(items: Dict[str, dict]) -> Dict[str, Tuple[float, dict]]:
         return len(hits) / len(group), dict(num_items=len(group), num_hits=len(hits),
                                             items=hits, **details)
 
-    pause, smooth, inter, side = (by[s] for s in SCENARIO_METRICS)
+    pause, smooth, inter, side = (by[s] for s in ("pause", "smooth", "interruption",
+                                                  "side_talk"))
+    over = by["side_talk_over_answer"]
     if pause:
         out["duplex_pause_tor"] = rate(
             "take_over", pause, num_in_pause=sum(o["in_pause"] for o in pause.values()),
@@ -250,6 +306,15 @@ def aggregate(items: Dict[str, dict]) -> Dict[str, Tuple[float, dict]]:
     if side:
         out["duplex_side_talk_ignored"] = rate(
             "ignored", side, num_ignored_event=sum(o["ignored_event"] for o in side.values()))
+    if over:
+        count = lambda flag: sum(o[flag] for o in over.values())  # noqa: E731
+        pauses = [o["pause_seconds"] for o in over.values() if o["pause_seconds"] is not None]
+        out["duplex_side_talk_over_answer_kept"] = rate(
+            "kept", over, num_a_heard=count("a_heard"),
+            num_overlapped=count("overlapped"), num_paused=count("paused"),
+            num_resumed=count("resumed"), num_left_paused=count("left_paused"),
+            pause_p50=round(_percentile(pauses, 50), 4) if pauses else None,
+            num_cut=count("cut"), num_take_over=count("take_over"))
     for metric, (_, details) in out.items():
         details["better"] = BETTER[metric]
     return out
@@ -307,11 +372,12 @@ def score_duplex_set(duplex_info: str | os.PathLike, decode_dir: str | os.PathLi
 
 
 def format_table(metrics: Dict[str, Tuple[float, dict]]) -> str:
-    rows = ["metric                          value   items  P90     better"]
+    width = max(map(len, BETTER))  # every metric's name fits
+    rows = [f"{'metric':<{width}} value   items  P90     better"]
     for metric, (value, d) in metrics.items():
         p90 = f"{d['p90']:.3f}" if "p90" in d else "-"
         n = d.get("num_measured", d.get("num_items"))
-        rows.append(f"{metric:<31} {value:<7.3f} {n:<6} {p90:<7} {d['better']}")
+        rows.append(f"{metric:<{width}} {value:<7.3f} {n:<6} {p90:<7} {d['better']}")
     return "\n".join(rows)
 
 

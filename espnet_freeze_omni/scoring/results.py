@@ -51,6 +51,10 @@ METRICS: Dict[str, tuple] = {
                                  "audio onset, P50", "s"),
     "duplex_side_talk_ignored": ("side talk: share of items the assistant does not answer "
                                  "(higher is better)", "rate"),
+    "duplex_side_talk_over_answer_kept": ("side talk over an answer: share of items in "
+                                          "which the answer being given is not dropped and "
+                                          "the side talk is not answered (higher is better)",
+                                          "rate"),
 }
 ERROR_RATE_METRICS = ("asr_wer_ctc", "asr_wer_llm", "speech_out_cer")
 QA_METRICS = ("qa_acc_text_in", "qa_acc_speech_in", "qa_acc_speech_out",

@@ -12,7 +12,8 @@ turns what the worker hands back (DuplexSession events) into Realtime server eve
     answer_done                       response.output_audio.done,
                                       response.output_audio_transcript.done, response.done
                                       (status cancelled at a barge-in or response.cancel)
-    state / ignored / interrupted     freeze_omni.state / freeze_omni.ignored /
+    state / ignored / paused /        freeze_omni.state / freeze_omni.ignored /
+    resumed / interrupted             freeze_omni.paused / freeze_omni.resumed /
                                       freeze_omni.interrupted (extras: clients ignore them)
     (per answer)                      freeze_omni.latency: speech end -> first audio, stages
 
@@ -389,7 +390,7 @@ class RealtimeConnection:
             self.user_item = None
         elif e.type == "turn_ended":
             self._turn_ended(e)
-        elif e.type in ("text", "audio", "interrupted", "answer_done"):
+        elif e.type in ("text", "audio", "paused", "resumed", "interrupted", "answer_done"):
             response = self.responses.get(data["answer_id"])
             if response is not None:
                 getattr(self, "_answer_" + e.type)(response, e)
@@ -452,6 +453,18 @@ class RealtimeConnection:
         self.send(server_event("response.output_audio.delta", response_id=response.id,
                                item_id=response.item_id, output_index=0, content_index=0,
                                delta=encode_pcm16(pcm)))
+
+    def _answer_paused(self, response: _Response, e) -> None:
+        # the user started speaking over the answer: the client stops playback now (what it
+        # had queued is sent again at freeze_omni.resumed if the speech was not a turn)
+        response.audio_samples -= int(round(e.data["taken_back_seconds"] * OUTPUT_RATE))
+        self.send(server_event("freeze_omni.paused", response_id=response.id,
+                               voiced_text=e.data["voiced_text"],
+                               voiced_tokens=e.data["voiced_tokens"]))
+
+    def _answer_resumed(self, response: _Response, e) -> None:
+        self.send(server_event("freeze_omni.resumed", response_id=response.id,
+                               paused_ms=int(round(e.data["paused_seconds"] * 1000))))
 
     def _answer_interrupted(self, response: _Response, e) -> None:
         self.send(server_event("freeze_omni.interrupted", response_id=response.id,

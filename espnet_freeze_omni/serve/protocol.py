@@ -45,6 +45,7 @@ EXTENSION_OPTIONS = {
     "min_turn_chunks": (int, type(None)),
     "barge_in": (bool,),
     "interrupt_on_speech": (bool,),
+    "pause_on_speech": (bool,),
     "max_new_tokens": (int, type(None)),
     "max_turn_seconds": (float,),
 }

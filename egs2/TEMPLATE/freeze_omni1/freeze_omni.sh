@@ -897,7 +897,8 @@ train_speech_output_stage3() {
 #   ${decode_dir}/D/wav/<utt>.wav           time-synchronous 24 kHz output, the input's duration
 #   ${decode_dir}/D/events/<utt>.jsonl      the session's events   -> duplex_pause_tor,
 #                                           duplex_smooth_tor/_latency, duplex_interrupt_tor/
-#                                           _stop_latency/_latency, duplex_side_talk_ignored
+#                                           _stop_latency/_latency, duplex_side_talk_ignored,
+#                                           duplex_side_talk_over_answer_kept
 #   ${decode_dir}/D/summary                 `utt_id JSON`: heard spans, answers, compute, RTF
 # ASR through the LLM is decoded with the speech-input stage-2 model, the one trained to
 # transcribe through the LLM. With the paper configs stage 3 changes nothing that ASR uses

@@ -163,6 +163,15 @@ function onEvent(event) {
       setStatus(status === "cancelled" ? "interrupted" : "listening");
       break;
     }
+    case "freeze_omni.paused":
+      demo.stats.paused = (demo.stats.paused || 0) + 1;
+      stopPlayback(); // the user speaks over the answer: silent now, resent if it resumes
+      setStatus("paused");
+      break;
+    case "freeze_omni.resumed":
+      log(`side talk: the answer goes on after ${event.paused_ms} ms`);
+      setStatus("answering");
+      break;
     case "freeze_omni.interrupted":
       demo.stats.interrupted += 1;
       demo.interruptedAt = performance.now();

@@ -33,8 +33,8 @@ num_tts_train=2500        # assistant answers in the assistant voice (test answe
                           # 2500 x 12 epochs: spoken-answer CER 13.6 %, 1500 x 20: 16.7 %)
 num_tts_dev=100
 num_repeat_train=1500     # "Repeat after me: ..." text dialogs (the LLM learns to copy)
-num_duplex_test=25        # data/duplex_test: items per duplex scenario (4 scenarios; 25 make
-                          # 100 items, 11 min of audio: ~3 s to speak; 0: no duplex set)
+num_duplex_test=25        # data/duplex_test: items per duplex scenario (5 scenarios; 25 make
+                          # 125 items, 14 min of audio: ~9 s to speak; 0: no duplex set)
 unseen_test=true          # data/qa_test_unseen: qa_test in held-out voices, speeds, pitches, noise
 voice_pool=diverse        # voices of the ASR and QA sets (espeak.pick_voice): diverse (3 accents x
                           # every espeak-ng variant not held out, speeds 130-210, pitches 30-70)
