@@ -34,6 +34,14 @@ MANUAL = {"type": "realtime", "audio": {"input": {
     "format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": None}}}
 
 
+def state_head_session(max_new_tokens: int) -> dict:
+    """session.update body: 16 kHz input, the state head taking turns (semantic_vad)."""
+    return {"type": "realtime", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": RATE},
+        "turn_detection": {"type": "semantic_vad"}}},
+        "freeze_omni": {"max_new_tokens": max_new_tokens}}
+
+
 def noise(seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
     return (np.random.RandomState(seed).randn(int(seconds * rate)) * 0.1).astype(np.float32)
 
@@ -514,11 +522,7 @@ def test_latency_of_an_answer_done_before_the_vads_silence_wait_is_still_reporte
 
     async def run():
         client = await Client.open(server)
-        await client.send(type="session.update", session={
-            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm",
-                                                              "rate": RATE},
-                                                   "turn_detection": {"type": "semantic_vad"}}},
-            "freeze_omni": {"max_new_tokens": 6}})
+        await client.send(type="session.update", session=state_head_session(6))
         await client.until("session.updated")
         await client.stream(np.concatenate([np.zeros(RATE // 2, np.float32), speech]))
         await client.stream(np.zeros(int(0.3 * RATE), np.float32))
@@ -561,11 +565,7 @@ def test_speech_over_an_answer_pauses_it_and_side_talk_resumes_it(server, s2s, m
 
     async def run():
         client = await Client.open(server)
-        await client.send(type="session.update", session={
-            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm",
-                                                              "rate": RATE},
-                                                   "turn_detection": {"type": "semantic_vad"}}},
-            "freeze_omni": {"max_new_tokens": 40}})
+        await client.send(type="session.update", session=state_head_session(40))
         await client.until("session.updated")
         await client.stream(np.concatenate([np.zeros(RATE // 2, np.float32), speech]))
         phase["state"] = STATE_RESPOND
