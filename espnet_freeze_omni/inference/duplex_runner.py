@@ -82,7 +82,9 @@ def render_output(events: List[SessionEvent], duration: float, rate: int) -> np.
     out = np.zeros(total, dtype=np.float32)
     for _, start_s, end_s, i in heard_packets(events):
         start = int(round(start_s * rate))
-        pcm = events[i].pcm[:max(0, int(round(end_s * rate)) - start)]
+        pcm = events[i].pcm
+        if end_s < start_s + events[i].data["duration"] - 1e-9:  # cut: the part heard
+            pcm = pcm[:max(0, int(round(end_s * rate)) - start)]  # (whole: no rounding loss)
         end = min(total, start + len(pcm))
         if end > start:
             out[start:end] = pcm[:end - start]
