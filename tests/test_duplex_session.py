@@ -729,6 +729,48 @@ def test_an_answer_finished_while_paused_is_done_after_its_held_audio(s2s, spoke
     assert sum(len(e.pcm) for e in of(events, "audio")) > sent  # the held audio went out
 
 
+def test_an_answer_done_but_still_playing_pauses_and_resumes(s2s, spoken, scripted_head):
+    """A server generates answers faster than they play: `answer_done` has gone out, the
+    listener is still hearing the answer when the user speaks over it. It pauses all the
+    same (its unplayed audio taken back), side talk resumes it (the audio sent again) and
+    no second `answer_done` comes: heard end to end it is the whole answer."""
+    wav, first_end, second_start, _ = _speech_over_an_answer(spoken)
+    script = [(first_end + 0.1, first_end + 0.3, STATE_RESPOND),
+              (second_start + 0.6, second_start + 0.8, STATE_IGNORE)]
+    options = dict(vad=True, vad_replay_s=0.32, max_new_tokens=40, vad_min_silence_s=0.3,
+                   answer_in_feed=False)
+    decided = int((first_end + 0.5) * RATE)
+    s2s.synthesizer.max_tokens = 120
+    try:
+        runs = []
+        for pause in (False, True):
+            session = scripted_head(script, pause_on_speech=pause, **options)
+            events = feed_in(session, wav[:decided], RATE // 50)
+            events += session.pump(budget_seconds=60.0)  # all of it, long before it plays
+            assert of(events, "answer_done") and session.answer is not None
+            assert session.playback_end > second_start + 1.0  # still playing then
+            events += feed_in(session, wav[decided:], RATE // 50) + session.flush()
+            runs.append(events)
+    finally:
+        s2s.synthesizer.max_tokens = 30
+    plain, events = runs
+    rate = s2s.sample_rate
+    (paused,), (resumed,) = of(events, "paused"), of(events, "resumed")
+    assert paused.data["taken_back_seconds"] > 0.5
+    kinds = [e.type for e in events]
+    assert kinds.index("answer_done") < kinds.index("paused") < kinds.index("resumed")
+    assert [d.data["status"] for d in of(events, "answer_done")] == ["completed"]
+    assert not of(events, "interrupted") and len(of(events, "turn_ended")) == 1
+    resent = [e for e in events[kinds.index("resumed"):] if e.type == "audio"]
+    assert sum(len(e.pcm) for e in resent) == pytest.approx(
+        paused.data["taken_back_seconds"] * rate, abs=2)
+    whole = _heard_answer_audio(plain, 1, rate)
+    heard = _heard_answer_audio(events, 1, rate)
+    assert abs(len(heard) - len(whole)) <= 2
+    np.testing.assert_array_equal(np.concatenate([e.pcm for e in resent]),
+                                  whole[len(whole) - sum(len(e.pcm) for e in resent):])
+
+
 def test_vad_lets_the_state_head_hear_two_seconds_of_silence(s2s, spoken, scripted_head):
     """With the state head taking turns the VAD waits 2 s (the authors' setting) before it
     says the speech stopped, and the LLM hears that silence: a head that needs 1 s of it
