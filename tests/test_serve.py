@@ -527,7 +527,11 @@ def test_latency_of_an_answer_done_before_the_vads_silence_wait_is_still_reporte
         await client.stream(np.concatenate([np.zeros(RATE // 2, np.float32), speech]))
         await client.stream(np.zeros(int(0.3 * RATE), np.float32))
         speech_over.set()
-        await client.stream(np.zeros(int(3.0 * RATE), np.float32))
+        # 0.8 s of silence in all: the head decides; the VAD (2 s) cannot have said the
+        # speech stopped before the rest of the silence is sent, however slow the machine
+        await client.stream(np.zeros(int(0.5 * RATE), np.float32))
+        await client.until("response.done", timeout=30)
+        await client.stream(np.zeros(int(2.5 * RATE), np.float32))
         latency = await client.until("freeze_omni.latency", timeout=30)
         kinds = [e["type"] for e in client.events]
         await client.ws.close()
