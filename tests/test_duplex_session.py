@@ -8,6 +8,8 @@ every turn once, barge-in cuts and keeps the voiced part, bad input is refused.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -126,8 +128,9 @@ def test_history_is_the_kv_of_each_turn_once(s2s, work):
     tick = np.zeros(session.chunk_samples, dtype=np.float32)
     while session.answer is not None:  # the answer plays out; the tick that ends it opens
         events += session.feed(tick)   # the next turn, which therefore starts with it
-    wavs[1] = np.concatenate([tick, wavs[1]])
-    events += feed_in(session, wavs[1][len(tick):], 3000) + session.commit()
+    events += feed_in(session, wavs[1], 3000) + session.commit()
+    # turn 2 heard that tick, and the pre-roll before it (silence: tick_offset samples)
+    wavs[1] = np.concatenate([np.zeros(session.tick_offset, np.float32), tick, wavs[1]])
     events += session.flush()
     first, second = answer_ids(events, 1), answer_ids(events, 2)
 
@@ -171,29 +174,37 @@ def test_respond_threshold_takes_the_turn_from_a_less_sure_head(s2s, monkeypatch
         s2s.session(vad=False, respond_threshold=0.0)
 
 
+def _tick_end_at_or_after(session, t: float) -> float:
+    """The first tick end at or after `t` s: ticks end tick_offset + k * chunk samples in."""
+    rate, chunk, offset = session.sample_rate, session.chunk_samples, session.tick_offset
+    return (offset + math.ceil((t * rate - offset) / chunk) * chunk) / rate
+
+
 def test_state_head_turns_and_barge_in(s2s, scripted_head):
-    """respond at 1.0 s answers; respond at 2.0 s (while it speaks) interrupts it: the audio
-    stops there, the voiced part stays in the history, the new turn is answered."""
-    session = scripted_head([(1.1, 1.2, STATE_RESPOND), (2.0, 2.1, STATE_RESPOND)],
+    """respond at 1.1 s answers; respond at 2.0 s (while it speaks) interrupts it: the audio
+    stops there, the voiced part stays in the history, the new turn is answered. (The head is
+    read at tick ends; each window of the script holds one.)"""
+    session = scripted_head([(1.1, 1.26, STATE_RESPOND), (2.0, 2.16, STATE_RESPOND)],
                             vad=False, max_new_tokens=40)
+    first, second = _tick_end_at_or_after(session, 1.1), _tick_end_at_or_after(session, 2.0)
     s2s.synthesizer.max_tokens = 120  # 3 s of speech per segment: still talking at 2 s
     try:
         events, track = run_duplex(session, noise(4.0, 1))
     finally:
         s2s.synthesizer.max_tokens = 30
     turns = of(events, "turn_ended")
-    assert [round(e.time, 2) for e in turns] == [1.12, 2.08]
+    assert [e.time for e in turns] == pytest.approx([first, second])
     cut = of(events, "interrupted")
     assert len(cut) == 1 and cut[0].data["answer_id"] == 1
-    assert cut[0].time == pytest.approx(2.08)
+    assert cut[0].time == pytest.approx(second)
     # the first answer's audio is heard from its decision until the barge-in, not after
     spans = speech_spans(events)
-    assert spans[0][2] == 1 and spans[0][0] == pytest.approx(1.12)
-    assert spans[0][1] == pytest.approx(2.08)
-    assert spans[1][2] == 2 and spans[1][0] >= 2.08
+    assert spans[0][2] == 1 and spans[0][0] == pytest.approx(first)
+    assert spans[0][1] == pytest.approx(second)
+    assert spans[1][2] == 2 and spans[1][0] >= second
     assert len(track) == 4 * s2s.sample_rate
     rate = s2s.sample_rate
-    assert np.abs(track[:int(1.12 * rate)]).max() == 0  # silent before the first answer
+    assert np.abs(track[:int(first * rate)]).max() == 0  # silent before the first answer
     # history: turn 1 keeps the tokens voiced when the barge-in branch opened
     first_turn = session.turns[0]
     closing = s2s.template.answer_end_ids() + s2s.template.next_turn_ids()
@@ -202,6 +213,41 @@ def test_state_head_turns_and_barge_in(s2s, scripted_head):
     assert kept == answer_ids(events, 1)[:len(kept)]
     assert len(kept) > 0  # its first segment was playing when the user came in
     assert of(events, "answer_done")[-1].data["answer_id"] == 2
+
+
+def test_the_state_head_judges_a_chunk_as_soon_as_its_audio_is_in(s2s):
+    """A chunk is complete `chunk_lookahead_samples` past its end (the STFT window and the
+    subsampling convs): one sample short of that the head has judged nothing, with it the
+    chunk, and every later chunk exactly one chunk of audio later; not a tick later."""
+    lookahead = s2s.listener.chunk_lookahead_samples
+    session = s2s.session(vad=False, turn_detection="manual")
+    chunk, rate = session.chunk_samples, session.sample_rate
+    assert 0 < lookahead < chunk and session.tick_offset == lookahead
+    wav = noise(1.0, 7)
+    assert not of(session.feed(wav[:chunk + lookahead - 1]), "state")
+    (state,) = of(session.feed(wav[chunk + lookahead - 1:chunk + lookahead]), "state")
+    assert state.data["chunk"] == 0 and state.audio_time == pytest.approx((chunk + lookahead) / rate)
+    end = 2 * chunk + lookahead
+    assert not of(session.feed(wav[chunk + lookahead:end - 1]), "state")
+    (state,) = of(session.feed(wav[end - 1:end]), "state")
+    assert state.data["chunk"] == 1
+
+
+def test_a_branch_opened_at_speech_start_judges_its_chunks_at_tick_ends(s2s, spoken):
+    """With VAD a turn opens mid-stream on the replayed ticks: it starts the look-ahead
+    before them, so the tick that opens it already completes one chunk per tick heard
+    (replayed ones included), and the head judges every chunk at the end of its tick."""
+    first, _ = spoken
+    session = s2s.session(vad=True, turn_detection="manual", vad_replay_s=0.32)
+    wav = np.concatenate([np.zeros(int(0.77 * RATE), np.float32), first,
+                          np.zeros(RATE, np.float32)])
+    events = feed_in(session, wav, 320)
+    started = of(events, "speech_started")[0]
+    opened = [e for e in of(events, "state") if e.audio_time == started.audio_time]
+    assert [e.data["chunk"] for e in opened] == [0, 1, 2]  # 2 replayed ticks + this one
+    offset, chunk = session.tick_offset, session.chunk_samples
+    for e in of(events, "state"):
+        assert (round(e.audio_time * RATE) - offset) % chunk == 0
 
 
 def test_side_talk_during_an_answer_does_not_interrupt(s2s, scripted_head):

@@ -8,7 +8,9 @@
 
 One session is one conversation (SPEC §3). Input audio is cut into ticks of one encoder chunk
 (160 ms) on the stream's own clock, so what comes out never depends on how the caller sliced
-the audio. Each tick goes once through the streaming frontend, the encoder's K/V cache, the
+the audio. Ticks end where a chunk becomes complete, the frontend's and encoder's look-ahead
+(36 ms in the embedded recipe) past its end, so that the state head judges each chunk as soon
+as its audio is in, not a tick later. Each tick goes once through the streaming frontend, the encoder's K/V cache, the
 adapter's conv cache and the frozen LLM's K/V cache; the state head reads the LLM's last
 position after every chunk:
 
@@ -252,7 +254,7 @@ class _ListenBranch:
     """One user turn being listened to, on its own fork of the dialogue cache."""
 
     def __init__(self, session: "DuplexSession", cache, opened_at: float, replayed: int,
-                 fork_voiced: Optional[int]):
+                 fork_voiced: Optional[int], preroll: Optional[np.ndarray] = None):
         from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
 
         model, llm = session.model, session.llm
@@ -273,6 +275,11 @@ class _ListenBranch:
         self.min_chunks = replayed if session.options.min_turn_chunks is None \
             else session.options.min_turn_chunks
         self.fed_samples = 0
+        if preroll is not None and len(preroll):
+            # the audio just before the branch's first tick: its chunks then end where the
+            # session's ticks end (DuplexSession.tick_offset); too short to complete a chunk
+            self.feed(preroll)
+            self.fed_samples = 0
 
     @torch.no_grad()
     def feed(self, samples: np.ndarray, final: bool = False) -> List[torch.Tensor]:
@@ -614,6 +621,11 @@ class DuplexSession:
         self.sample_rate = s2s.input_sample_rate
         self.output_sample_rate = s2s.sample_rate
         self.chunk_samples = int(round(model.chunk_seconds * self.sample_rate))
+        # A chunk is complete only `chunk_lookahead_samples` past its end (the STFT window,
+        # the subsampling convs): ticks end there, not at chunk ends, or every chunk would
+        # wait for the next tick (160 ms) before the state head judged it. The first tick
+        # is this long; a branch opened later starts this much audio before its first tick.
+        self.tick_offset = s2s.listener.chunk_lookahead_samples % self.chunk_samples
         self.max_new_tokens = options.max_new_tokens or s2s.listener.max_new_tokens
         self.stop_ids = set(self.llm.eos_token_ids)
         # speech has priority over more text while less than this much audio is queued
@@ -656,6 +668,9 @@ class DuplexSession:
         self._replay_ticks = replay
         self._pending = np.zeros(0, dtype=np.float32)
         self.consumed = 0  # input samples processed
+        # the latest input before the current tick: a new branch's replay and pre-roll
+        self._recent = np.zeros(0, dtype=np.float32)
+        self._recent_keep = (replay + 1) * self.chunk_samples + self.tick_offset
         self.clock = 0.0
         self.playback_end = 0.0
         self.paused_at: Optional[float] = None  # session time the answer's playback paused
@@ -761,8 +776,11 @@ class DuplexSession:
         """Take input audio (16 kHz mono, any length); return the events it caused."""
         pcm = self._check_audio(pcm)
         self._pending = np.concatenate([self._pending, pcm])
-        n = self.chunk_samples
-        while len(self._pending) >= n:
+        while True:
+            n = self.chunk_samples if self.consumed >= self.tick_offset \
+                else self.tick_offset - self.consumed
+            if len(self._pending) < n:
+                break
             tick, self._pending = self._pending[:n], self._pending[n:]
             self._tick(tick)
         return self._take()
@@ -930,6 +948,8 @@ class DuplexSession:
             self._commit_after_silence()
         if self.options.clock == "audio" and self.options.answer_in_feed:
             self._catch_up(None)
+        if len(samples):
+            self._recent = np.concatenate([self._recent, samples])[-self._recent_keep:]
 
     def _may_open(self, heard: bool) -> bool:
         if self._flushed:
@@ -1020,7 +1040,12 @@ class DuplexSession:
             cache = self.llm.fork_cache(self.history)
         ticks = list(self._unfed) if replay else []
         self._unfed.clear()
-        self.listening = _ListenBranch(self, cache, self.clock, len(ticks), fork_voiced)
+        # the replayed ticks are the latest audio before the current tick (commit(): up to
+        # its end): the pre-roll is what came just before them
+        first = len(self._recent) - sum(len(t) for t in ticks)
+        preroll = self._recent[max(0, first - self.tick_offset):max(0, first)]
+        self.listening = _ListenBranch(self, cache, self.clock, len(ticks), fork_voiced,
+                                       preroll=preroll)
         self.charge(t0)
         for tick in ticks:
             self._listen(tick, final=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -202,6 +203,49 @@ class SpeechInputInference:
             prefix, torch.tensor([prefix.size(1)]), audio, audio_lengths,
             suffix, torch.tensor([suffix.size(1)]), empty, torch.tensor([0]), task=task)
         return inputs
+
+    @functools.cached_property
+    def chunk_lookahead_samples(self) -> int:
+        """Input samples past the end of an encoder chunk that the streaming frontend,
+        encoder and adapter need before they give out that chunk's LLM embeddings (the STFT
+        window's right half, the subsampling convs' right context): chunk c of audio that
+        starts at sample 0 is complete, and the state head can judge it, once (c + 1) *
+        chunk + this many samples have arrived. A live session cuts its ticks there
+        (duplex_session). Found by feeding silence to a fresh streaming pipeline, so it
+        holds for any frontend, encoder or adapter that streams."""
+        from espnet_freeze_omni.inference.streaming_frontend import streaming_frontend_for
+
+        model = self.model
+        chunk = int(round(model.chunk_seconds * self.sample_rate))
+
+        @torch.no_grad()
+        def completes_a_chunk(num_samples: int) -> bool:
+            frontend = streaming_frontend_for(model.frontend)
+            feats = frontend.push(np.zeros(num_samples, dtype=np.float32))
+            if feats.size(1) == 0:
+                return False
+            if model.normalize is not None:
+                feats, _ = model.normalize(feats, torch.tensor([feats.size(1)]))
+            enc, _ = model.encoder.forward_chunk(feats.to(self.device),
+                                                 model.encoder.init_streaming_state(1))
+            if enc.size(1) == 0:
+                return False
+            emb, _ = model.adapter.forward_chunk(enc, model.adapter.init_cache(1))
+            return emb.size(1) >= model.embeddings_per_chunk
+
+        lo, hi = 1, 2 * chunk
+        while not completes_a_chunk(hi):
+            lo, hi = hi, 2 * hi
+            if hi > 64 * chunk:
+                raise ValueError(f"{type(model.encoder).__name__}: no chunk out of "
+                                 f"{hi} samples of audio; is it a streaming encoder?")
+        while lo < hi:  # the fewest samples that complete the first chunk
+            mid = (lo + hi) // 2
+            if completes_a_chunk(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi - chunk
 
     @torch.no_grad()
     def listen(self, wav: np.ndarray, history: Optional[List[Dict[str, str]]] = None) -> ListenResult:
