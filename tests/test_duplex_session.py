@@ -817,6 +817,27 @@ def test_an_answer_done_but_still_playing_pauses_and_resumes(s2s, spoken, script
                                   whole[len(whole) - sum(len(e.pcm) for e in resent):])
 
 
+def test_respond_waits_while_the_vad_still_hears_the_user(s2s, spoken, scripted_head):
+    """A head that says respond in the middle of the question (one that judges the end from
+    the words may, in the last phoneme) does not end the turn while the VAD still hears the
+    user: the turn ends at the first chunk after the speech stops. Without VAD it ends at
+    once (control)."""
+    first, _ = spoken
+    wav = np.concatenate([np.zeros(RATE), first, np.zeros(2 * RATE)]).astype(np.float32)
+    first_end = (RATE + np.nonzero(np.abs(first) > 0.02)[0][-1]) / RATE  # (espeak's tail is silent)
+    script = [(1.0 + len(first) / RATE / 2, 9.0, STATE_RESPOND)]
+    held = scripted_head(script, vad=True, vad_replay_s=0.32)
+    events, _ = run_duplex(held, wav)
+    (ended,) = of(events, "turn_ended")
+    said = [e for e in of(events, "state") if e.data["state"] == "respond"]
+    assert said[0].audio_time < first_end - 0.3  # it said so early...
+    assert first_end <= ended.audio_time < first_end + 0.5  # ...the turn ended after the speech
+    assert held.stats["respond_held_in_speech"] >= 2
+    plain = scripted_head(script, vad=False)
+    ended = of(run_duplex(plain, wav)[0], "turn_ended")[0]
+    assert ended.audio_time < first_end - 0.3
+
+
 def test_vad_lets_the_state_head_hear_two_seconds_of_silence(s2s, spoken, scripted_head):
     """With the state head taking turns the VAD waits 2 s (the authors' setting) before it
     says the speech stopped, and the LLM hears that silence: a head that needs 1 s of it

@@ -32,7 +32,9 @@ Voice activity detection (`vad=True`, Silero) gates what the LLM hears: a turn o
 speech start with the last `vad_replay_s` of audio replayed (the VAD needs that long to
 fire), is fed while the VAD hears speech (its minimum silence included, so the state head
 sees the pause it learned to judge), and stays open across a pause: when speech resumes, the
-audio since the pause (at most `vad_replay_s`) is fed and the same turn goes on. Without
+audio since the pause (at most `vad_replay_s`) is fed and the same turn goes on. A "respond"
+while the VAD still hears the user (`StreamingVAD.hearing_speech`) is held: the turn cannot
+have ended while they are audibly speaking, and the head is asked again at the next chunk. Without
 VAD every tick is fed and the state head alone takes the turns; a barge-in is then listened
 to from the start of the answer segment being played (see `_refork_without_vad`).
 
@@ -1077,6 +1079,12 @@ class DuplexSession:
             if first + i < branch.min_chunks or state == STATE_LISTEN:
                 continue
             if self.options.turn_detection != "state_head":
+                continue
+            if state == STATE_RESPOND and self.vad is not None and self.vad.hearing_speech:
+                # the user is audibly still speaking in this tick: the turn has not ended
+                # (a head that judges the end from the words alone may say so in the last
+                # phoneme); the head is asked again at the next chunk
+                self.stats["respond_held_in_speech"] += 1
                 continue
             self._decide(state)
             return
