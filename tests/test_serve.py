@@ -636,6 +636,18 @@ def test_session_clear_drops_the_turn_being_heard(s2s):
         session.commit()
 
 
+def test_session_clear_drops_the_audio_before_it_partial_tick_included(s2s):
+    """Audio that arrived before clear() is never heard, though it did not fill a tick: the
+    next turn hears exactly what came after the clear."""
+    session = s2s.session(vad=False, turn_detection="manual")
+    session.feed(noise(0.85, seed=42))
+    assert len(session._pending)  # a partial tick was waiting
+    session.clear()
+    session.feed(noise(0.5, seed=43))
+    (ended,) = [e for e in session.commit() if e.type == "turn_ended"]
+    assert ended.data["heard_seconds"] == pytest.approx(0.5)
+
+
 # ---------------------------------------------------------------------------- pieces
 def test_streaming_resampler_does_not_depend_on_frame_sizes():
     tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 24000)).astype(np.float32)

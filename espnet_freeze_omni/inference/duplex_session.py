@@ -680,6 +680,7 @@ class DuplexSession:
         self.answer: Optional[_Answer] = None
         self._answers = 0
         self._flushed = False
+        self._clearing = False  # clear() ends its partial tick unheard
         self._out: List[SessionEvent] = []
         self._in_speech = False
         self._vad_started_here = False  # a speech start not yet answered by a new branch
@@ -806,7 +807,8 @@ class DuplexSession:
             if self.listening is None and self._unfed:
                 self._open_branch(replay=True)
             branch = self.listening
-            if branch is None or branch.num_audio == 0:
+            # (a branch opened here on no audio has heard only its pre-roll)
+            if branch is None or branch.num_audio == 0 or branch.fed_samples == 0:
                 raise ValueError("commit(): no user audio has been heard since the last turn")
             self._decide(STATE_RESPOND, forced=True)
         if self.options.answer_in_feed:
@@ -861,7 +863,17 @@ class DuplexSession:
         """Forget the user turn being listened to (OpenAI's input_audio_buffer.clear): it is
         dropped as an ignored turn is, and so is the audio kept for a replay; an answer in
         progress goes on. With VAD the next turn opens at the next speech start. (A partial
-        tick stays: it is part of the stream clock.)"""
+        tick ends there: its audio stays on the stream clock, and is never heard.)"""
+        self.listening = None
+        tail, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        if len(tail):
+            self._clearing = True
+            try:
+                self._tick(tail)
+            finally:
+                self._clearing = False
+            # the next turn's pre-roll must not hear it either: silence of the same length
+            self._recent[-len(tail):] = 0.0
         self._unfed.clear()
         self.listening = None
         self._vad_started_here = False
@@ -954,7 +966,7 @@ class DuplexSession:
             self._recent = np.concatenate([self._recent, samples])[-self._recent_keep:]
 
     def _may_open(self, heard: bool) -> bool:
-        if self._flushed:
+        if self._flushed or self._clearing:
             return False
         if self.answer is not None and not self.options.barge_in:
             return False
