@@ -639,13 +639,18 @@ def test_session_clear_drops_the_turn_being_heard(s2s):
 def test_session_clear_drops_the_audio_before_it_partial_tick_included(s2s):
     """Audio that arrived before clear() is never heard, though it did not fill a tick: the
     next turn hears exactly what came after the clear."""
-    session = s2s.session(vad=False, turn_detection="manual")
-    session.feed(noise(0.85, seed=42))
-    assert len(session._pending)  # a partial tick was waiting
-    session.clear()
-    session.feed(noise(0.5, seed=43))
-    (ended,) = [e for e in session.commit() if e.type == "turn_ended"]
-    assert ended.data["heard_seconds"] == pytest.approx(0.5)
+    heard = []
+    for before in (noise(0.85, seed=42), np.zeros(int(0.85 * RATE), np.float32)):
+        session = s2s.session(vad=False, turn_detection="manual")
+        session.feed(before)
+        assert len(session._pending)  # a partial tick was waiting
+        session.clear()
+        session.feed(noise(0.5, seed=43))
+        (ended,) = [e for e in session.commit() if e.type == "turn_ended"]
+        assert ended.data["heard_seconds"] == pytest.approx(0.5)
+        heard.append(session.turns[0].user_embeds)
+    # what the LLM read is the same whatever came before the clear
+    torch.testing.assert_close(heard[0], heard[1], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------- pieces

@@ -872,8 +872,8 @@ class DuplexSession:
                 self._tick(tail)
             finally:
                 self._clearing = False
-            # the next turn's pre-roll must not hear it either: silence of the same length
-            self._recent[-len(tail):] = 0.0
+        # the next turn's pre-roll must not hear what came before either: silence instead
+        self._recent = np.zeros_like(self._recent)
         self._unfed.clear()
         self.listening = None
         self._vad_started_here = False
