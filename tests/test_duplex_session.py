@@ -226,7 +226,8 @@ def test_the_state_head_judges_a_chunk_as_soon_as_its_audio_is_in(s2s):
     wav = noise(1.0, 7)
     assert not of(session.feed(wav[:chunk + lookahead - 1]), "state")
     (state,) = of(session.feed(wav[chunk + lookahead - 1:chunk + lookahead]), "state")
-    assert state.data["chunk"] == 0 and state.audio_time == pytest.approx((chunk + lookahead) / rate)
+    assert state.data["chunk"] == 0
+    assert state.audio_time == pytest.approx((chunk + lookahead) / rate)
     end = 2 * chunk + lookahead
     assert not of(session.feed(wav[chunk + lookahead:end - 1]), "state")
     (state,) = of(session.feed(wav[end - 1:end]), "state")

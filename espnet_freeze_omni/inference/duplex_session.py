@@ -9,10 +9,10 @@
 One session is one conversation (SPEC §3). Input audio is cut into ticks of one encoder chunk
 (160 ms) on the stream's own clock, so what comes out never depends on how the caller sliced
 the audio. Ticks end where a chunk becomes complete, the frontend's and encoder's look-ahead
-(36 ms in the embedded recipe) past its end, so that the state head judges each chunk as soon
-as its audio is in, not a tick later. Each tick goes once through the streaming frontend, the encoder's K/V cache, the
-adapter's conv cache and the frozen LLM's K/V cache; the state head reads the LLM's last
-position after every chunk:
+(36 ms in the embedded recipe) past its end, so that the state head judges each chunk as
+soon as its audio is in, not a tick later. Each tick goes once through the streaming
+frontend, the encoder's K/V cache, the adapter's conv cache and the frozen LLM's K/V cache;
+the state head reads the LLM's last position after every chunk:
 
     listen   keep listening
     respond  the user finished: the answer is generated from the very K/V that heard the
@@ -34,9 +34,9 @@ fire), is fed while the VAD hears speech (its minimum silence included, so the s
 sees the pause it learned to judge), and stays open across a pause: when speech resumes, the
 audio since the pause (at most `vad_replay_s`) is fed and the same turn goes on. A "respond"
 while the VAD still hears the user (`StreamingVAD.hearing_speech`) is held: the turn cannot
-have ended while they are audibly speaking, and the head is asked again at the next chunk. Without
-VAD every tick is fed and the state head alone takes the turns; a barge-in is then listened
-to from the start of the answer segment being played (see `_refork_without_vad`).
+have ended while they are audibly speaking, and the head is asked again at the next chunk.
+Without VAD every tick is fed and the state head alone takes the turns; a barge-in is then
+listened to from the start of the answer segment being played (see `_refork_without_vad`).
 
 `turn_detection`: "state_head" (the paper), "vad" (a turn ends when the VAD says the speech
 stopped; a baseline) or "manual" (only `commit()` ends a turn, like a push-to-talk button).
