@@ -112,6 +112,13 @@ def test_state_probabilities_equal_listen(s2s, work):
     # only when a turn is committed)
     assert states == [names[s] for s in offline.states[:len(states)]]
     assert len(states) >= len(offline.states) - 1
+    # and at the times listen() reports a decision: chunk end + look-ahead
+    complete = session.chunk_samples, s2s.listener.chunk_lookahead_samples
+    for e in of(events, "state"):
+        assert round(e.audio_time * RATE) == (e.data["chunk"] + 1) * complete[0] + complete[1]
+    decided = [e for e in of(events, "state") if e.data["state"] != "listen"]
+    if decided and offline.decision_time is not None:
+        assert decided[0].audio_time == pytest.approx(offline.decision_time)
 
 
 def test_history_is_the_kv_of_each_turn_once(s2s, work):

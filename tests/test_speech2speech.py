@@ -230,10 +230,13 @@ def test_entry_point_writes_every_output_for_every_utterance(s2s, work, tmp_path
         tables[name] = kaldi(out / name)
         assert sorted(tables[name]) == sorted(keys), name
     # speech out: every turn the state head did not ignore (label 2), as in a duplex dialogue;
-    # the fixture's head answers each at its first chunk, so every turn is voiced
+    # the fixture's head answers each at its first chunk, so every turn is voiced; at that
+    # chunk's end plus the look-ahead that completes it (when a live session could answer)
     voiced = sorted(k for k in keys if tables["turn/turn_info"][k].split()[0] != "2")
     assert voiced == sorted(keys)
-    assert all(tables["turn/turn_info"][k] == "1 0.160" for k in keys), tables["turn/turn_info"]
+    first = 0.16 + s2s.listener.chunk_lookahead_samples / 16000
+    assert all(tables["turn/turn_info"][k] == f"1 {first:.3f}" for k in keys), \
+        tables["turn/turn_info"]
     for name in ("speech_out/text", "speech_out/asr_text"):
         tables[name] = kaldi(out / name)
         assert sorted(tables[name]) == voiced, name

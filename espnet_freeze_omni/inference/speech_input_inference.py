@@ -33,7 +33,9 @@ class ListenResult:
     states: List[int]
     chunk_seconds: float
     decision: int  # first non-listen state, or STATE_LISTEN if none
-    decision_time: Optional[float]  # end time (s) of the chunk where it was taken
+    # when it could be taken live: the end of its chunk plus the look-ahead that completes
+    # the chunk (chunk_lookahead_samples), as a DuplexSession takes it; None if never
+    decision_time: Optional[float]
 
 
 @torch.no_grad()  # on a generator: grad mode is switched around each step, not leaked
@@ -288,8 +290,10 @@ class SpeechInputInference:
             logits = model.state_logits(out.hidden[0, ends])
             states.extend(int(s) for s in logits.argmax(-1))
         decision, when = STATE_LISTEN, None
+        lookahead = self.chunk_lookahead_samples / self.sample_rate
         for i, s in enumerate(states):
             if s != STATE_LISTEN:
-                decision, when = s, (i + 1) * model.chunk_seconds
+                decision, when = s, min((i + 1) * model.chunk_seconds + lookahead,
+                                        len(wav) / self.sample_rate)
                 break
         return ListenResult(states, model.chunk_seconds, decision, when)
