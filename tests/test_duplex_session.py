@@ -113,9 +113,9 @@ def test_state_probabilities_equal_listen(s2s, work):
     assert states == [names[s] for s in offline.states[:len(states)]]
     assert len(states) >= len(offline.states) - 1
     # and at the times listen() reports a decision: chunk end + look-ahead
-    complete = session.chunk_samples, s2s.listener.chunk_lookahead_samples
+    chunk, lookahead = session.chunk_samples, s2s.listener.chunk_lookahead_samples
     for e in of(events, "state"):
-        assert round(e.audio_time * RATE) == (e.data["chunk"] + 1) * complete[0] + complete[1]
+        assert round(e.audio_time * RATE) == (e.data["chunk"] + 1) * chunk + lookahead
     decided = [e for e in of(events, "state") if e.data["state"] != "listen"]
     if decided and offline.decision_time is not None:
         assert decided[0].audio_time == pytest.approx(offline.decision_time)
@@ -832,7 +832,8 @@ def test_respond_waits_while_the_vad_still_hears_the_user(s2s, spoken, scripted_
     once (control)."""
     first, _ = spoken
     wav = np.concatenate([np.zeros(RATE), first, np.zeros(2 * RATE)]).astype(np.float32)
-    first_end = (RATE + np.nonzero(np.abs(first) > 0.02)[0][-1]) / RATE  # (espeak's tail is silent)
+    # the speech end: the last audible sample (espeak's recording ends in silence)
+    first_end = (RATE + np.nonzero(np.abs(first) > 0.02)[0][-1]) / RATE
     script = [(1.0 + len(first) / RATE / 2, 9.0, STATE_RESPOND)]
     held = scripted_head(script, vad=True, vad_replay_s=0.32)
     events, _ = run_duplex(held, wav)

@@ -875,7 +875,6 @@ class DuplexSession:
         # the next turn's pre-roll must not hear what came before either: silence instead
         self._recent = np.zeros_like(self._recent)
         self._unfed.clear()
-        self.listening = None
         self._vad_started_here = False
         self._resume()
         return self._take()
